@@ -1,0 +1,442 @@
+"""Model provisioning: make every selected entry of ``models.json`` present before ComfyUI starts.
+
+For each selected entry the file is looked for, with the manifest's size, under ``<root>/models/<folder>/``
+for the destination root, ``COMFY_ROOT`` and ``VOLUME_ROOT`` (the network volume); what is found is used as is.
+What is missing is downloaded into ``<dest>/models/<folder>/`` (``dest`` defaults to ``COMFY_ROOT``):
+several files at once, each into ``<file>.part``, resumed with an HTTP ``Range`` request after a cut,
+checked against the manifest's size and sha256, and renamed to its final name only when complete. A bad
+checksum deletes the ``.part`` so that the next start downloads it afresh.
+
+Why a small loop over ``requests`` and not ``huggingface_hub``: the manifest holds plain URLs (Hugging Face
+``resolve`` links today, possibly any host tomorrow), and every behaviour above is tested against a local
+plain HTTP server, which ``hf_hub_download`` cannot talk to without imitating the Hub's API (``X-Repo-Commit``,
+``X-Linked-Etag``, Xet storage). ``huggingface_hub`` would also keep its own metadata and cache layout beside the
+model folders. What it would add is Xet/multi-connection transfer for a single large file; this module gets its
+parallelism from downloading several files at once instead (see ``bench/download.py`` for the figures).
+
+``HF_TOKEN`` is sent as a Bearer token only to huggingface.co / hf.co hosts; ``requests`` drops it when the
+Hub redirects to its CDN on another host.
+
+Run: ``python -m tenexa.provision [--models all|none|name,name] [--dest ROOT] [--check]``. Exit status 0 when
+every selected file is present afterwards, 1 when any is not (one line per failure), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from tenexa.config import REPO_ROOT
+
+log = logging.getLogger("tenexa.provision")
+
+MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras", "clip_vision")
+HF_HOSTS = ("huggingface.co", "hf.co")
+# A cut connection loses the chunk being read when it breaks, so the chunk stays small.
+CHUNK_BYTES = 256 * 1024
+HASH_BLOCK_BYTES = 8 * 1024 * 1024
+PART_SUFFIX = ".part"
+
+
+class ProvisionError(Exception):
+    """One model could not be provisioned; the message is a single line naming the model."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    folder: str
+    file: str
+    url: str
+    size: int | None = None
+    sha256: str | None = None
+    workflows: tuple[str, ...] = ()
+
+    @property
+    def relpath(self) -> Path:
+        return Path("models") / self.folder / self.file
+
+
+@dataclass
+class Outcome:
+    entry: ModelEntry
+    path: Path | None = None
+    status: str = "missing"  # present | downloaded | missing | failed
+    downloaded_bytes: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status in ("failed", "missing")]
+
+    @property
+    def downloaded_bytes(self) -> int:
+        return sum(o.downloaded_bytes for o in self.outcomes)
+
+
+# --- manifest -----------------------------------------------------------------------------------------
+
+
+def load_manifest(path: Path) -> list[ModelEntry]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProvisionError(f"manifest {path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise ProvisionError(f"manifest {path} is not valid JSON: {exc}") from None
+    entries: list[ModelEntry] = []
+    for i, raw in enumerate(data.get("models", [])):
+        where = f"manifest {path}: models[{i}]"
+        try:
+            entry = ModelEntry(
+                name=str(raw["name"]),
+                folder=str(raw["folder"]),
+                file=str(raw["file"]),
+                url=str(raw["url"]),
+                size=None if raw.get("size") is None else int(raw["size"]),
+                sha256=None if not raw.get("sha256") else str(raw["sha256"]).lower(),
+                workflows=tuple(raw.get("workflows") or ()),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProvisionError(f"{where}: bad or missing field {exc}") from None
+        if entry.folder not in MODEL_FOLDERS:
+            raise ProvisionError(f"{where}: folder {entry.folder!r} is not one of {', '.join(MODEL_FOLDERS)}")
+        if Path(entry.file).is_absolute() or ".." in Path(entry.file).parts:
+            raise ProvisionError(f"{where}: file {entry.file!r} must be a relative path inside its folder")
+        entries.append(entry)
+    return entries
+
+
+def select(entries: Sequence[ModelEntry], spec: str) -> list[ModelEntry]:
+    """``all``, ``none`` or a comma list of entry names (unknown names are an error, listing the known ones)."""
+    spec = spec.strip()
+    if spec in ("", "all"):
+        return list(entries)
+    if spec == "none":
+        return []
+    by_name = {e.name: e for e in entries}
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [w for w in wanted if w not in by_name]
+    if unknown:
+        raise ProvisionError(f"MODELS names unknown entries {', '.join(unknown)}; known: {', '.join(by_name)}")
+    return [by_name[w] for w in dict.fromkeys(wanted)]
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def auth_headers(url: str, token: str | None) -> dict[str, str]:
+    """The Bearer header for Hugging Face hosts only: a token must never reach an arbitrary URL."""
+    host = (urlsplit(url).hostname or "").lower()
+    if token and any(host == h or host.endswith("." + h) for h in HF_HOSTS):
+        return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
+def find_existing(entry: ModelEntry, roots: Iterable[Path]) -> Path | None:
+    """First ``<root>/models/<folder>/<file>`` with the manifest's size (any size when the manifest has none)."""
+    for root in roots:
+        path = Path(root) / entry.relpath
+        try:
+            if path.is_file() and (entry.size is None or path.stat().st_size == entry.size):
+                return path
+        except OSError:
+            continue
+    return None
+
+
+def sha256_of(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(HASH_BLOCK_BYTES):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _mibps(n: float, seconds: float) -> str:
+    return f"{n / 2**20 / max(seconds, 1e-6):.1f} MiB/s"
+
+
+def _free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+# --- one file -----------------------------------------------------------------------------------------
+
+
+class _Retry(Exception):
+    """A transient failure: try again from what is in the .part file."""
+
+
+@dataclass
+class Downloader:
+    token: str | None = None
+    retries: int = 5
+    backoff: float = 1.0
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0
+    progress_every: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+
+    def fetch(self, entry: ModelEntry, dest_root: Path) -> int:
+        """Download ``entry`` to ``dest_root/models/<folder>/<file>``; returns the bytes transferred."""
+        final = Path(dest_root) / entry.relpath
+        part = final.with_name(final.name + PART_SUFFIX)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        transferred = 0
+        with requests.Session() as session:
+            for attempt in range(self.retries + 1):
+                try:
+                    transferred += self._attempt(session, entry, part)
+                    break
+                except _Retry as exc:
+                    if attempt == self.retries:
+                        raise ProvisionError(f"model {entry.name!r}: gave up after {attempt + 1} attempts: {exc}") from None
+                    delay = self.backoff * 2**attempt
+                    log.warning("%s: %s; retrying in %.0f s (attempt %d of %d)", entry.name, exc, delay, attempt + 2, self.retries + 1)
+                    time.sleep(delay)
+        self._verify(entry, part)
+        os.replace(part, final)
+        return transferred
+
+    def _attempt(self, session: requests.Session, entry: ModelEntry, part: Path) -> int:
+        offset = part.stat().st_size if part.exists() else 0
+        if entry.size is not None and offset > entry.size:
+            part.unlink()
+            offset = 0
+        if entry.size is not None and offset == entry.size:
+            return 0  # a previous run got every byte but stopped before the rename
+        headers = auth_headers(entry.url, self.token)
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        try:
+            resp = session.get(entry.url, headers=headers, stream=True, timeout=(self.connect_timeout, self.read_timeout))
+        except requests.RequestException as exc:
+            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+        with resp:
+            self._check_status(entry, resp, offset, part)
+            if resp.status_code == 416:
+                return 0
+            if offset and resp.status_code == 206:
+                mode = "ab"
+                log.info("%s: resuming at %s", entry.name, _gib(offset))
+            else:
+                mode, offset = "wb", 0
+            total = entry.size
+            length = resp.headers.get("Content-Length")
+            if length is not None and length.isdigit():
+                sent_total = offset + int(length)
+                if total is not None and sent_total != total:
+                    raise ProvisionError(
+                        f"model {entry.name!r}: size mismatch, manifest says {total} bytes, server sends {sent_total} ({entry.url})"
+                    )
+                total = sent_total
+            received = self._stream(entry, resp, part, mode, offset, total)
+        have = offset + received
+        if total is not None and have < total:
+            raise _Retry(f"connection ended at {have} of {total} bytes")
+        return received
+
+    def _check_status(self, entry: ModelEntry, resp: requests.Response, offset: int, part: Path) -> None:
+        code = resp.status_code
+        if code in (200, 206):
+            return
+        if code == 416 and offset:
+            if resp.headers.get("Content-Range", "").strip() == f"bytes */{offset}":
+                return  # the .part already holds the whole file; _attempt sees an empty 416 body as done
+            part.unlink(missing_ok=True)  # our .part is not a prefix of what the server has: start over
+            raise _Retry("server refused the resume range (416); restarting from zero")
+        if code in (408, 425, 429) or code >= 500:
+            raise _Retry(f"HTTP {code} {resp.reason}")
+        hint = ""
+        if code in (401, 403):
+            hint = "; set HF_TOKEN for a gated or private Hugging Face file" if not self.token else "; check that HF_TOKEN may read this repository"
+        raise ProvisionError(f"model {entry.name!r}: HTTP {code} {resp.reason} for {entry.url}{hint}")
+
+    def _stream(self, entry: ModelEntry, resp: requests.Response, part: Path, mode: str, offset: int, total: int | None) -> int:
+        received = 0
+        started = last = self.clock()
+        try:
+            with open(part, mode) as fh:
+                for chunk in resp.iter_content(CHUNK_BYTES):
+                    fh.write(chunk)
+                    received += len(chunk)
+                    now = self.clock()
+                    if now - last >= self.progress_every:
+                        last = now
+                        have = offset + received
+                        pct = f" ({100 * have / total:.0f}%)" if total else ""
+                        of = f" / {_gib(total)}" if total else ""
+                        log.info("%s: %s%s%s at %s", entry.name, _gib(have), of, pct, _mibps(received, now - started))
+        except requests.RequestException as exc:  # checked first: requests' errors are OSErrors too
+            raise _Retry(f"transfer cut at {offset + received} bytes ({type(exc).__name__})") from None
+        except OSError as exc:  # disk full, permission denied: retrying will not help
+            raise ProvisionError(f"model {entry.name!r}: cannot write {part}: {exc.strerror or exc}") from None
+        return received
+
+    def _verify(self, entry: ModelEntry, part: Path) -> None:
+        size = part.stat().st_size
+        if entry.size is not None and size != entry.size:
+            part.unlink()
+            raise ProvisionError(f"model {entry.name!r}: size mismatch, expected {entry.size} bytes, got {size}; partial file removed")
+        if entry.sha256:
+            digest = sha256_of(part)
+            if digest != entry.sha256:
+                part.unlink()
+                raise ProvisionError(
+                    f"model {entry.name!r}: sha256 mismatch, expected {entry.sha256}, got {digest}; partial file removed"
+                )
+
+
+# --- many files ---------------------------------------------------------------------------------------
+
+
+def provision(
+    entries: Sequence[ModelEntry],
+    *,
+    dest_root: Path,
+    search_roots: Sequence[Path] = (),
+    workers: int = 4,
+    downloader: Downloader | None = None,
+    check_only: bool = False,
+) -> Report:
+    """Use what exists, download what is missing (``workers`` files at once); never raises for one model."""
+    downloader = downloader or Downloader()
+    started = time.monotonic()
+    report = Report()
+    roots = list(dict.fromkeys([Path(dest_root), *map(Path, search_roots)]))
+    unique = list({e.relpath: e for e in entries}.values())
+    todo: list[Outcome] = []
+    for entry in unique:
+        found = find_existing(entry, roots)
+        outcome = Outcome(entry, path=found, status="present" if found else "missing")
+        report.outcomes.append(outcome)
+        if found:
+            log.info("%s: present at %s", entry.name, found)
+        else:
+            todo.append(outcome)
+    if check_only or not todo:
+        for o in todo:
+            o.error = f"model {o.entry.name!r}: missing ({o.entry.relpath} under none of {', '.join(map(str, roots))})"
+        report.seconds = time.monotonic() - started
+        return report
+
+    needed = sum(max(0, (o.entry.size or 0) - _part_size(Path(dest_root) / o.entry.relpath)) for o in todo)
+    free = _free_bytes(Path(dest_root))
+    if needed > free:
+        log.error("not enough disk space: %s needed under %s, %s free", _gib(needed), dest_root, _gib(free))
+        for o in todo:
+            o.status = "failed"
+            o.error = f"model {o.entry.name!r}: not downloaded, {_gib(needed)} needed under {dest_root} but only {_gib(free)} free"
+        report.seconds = time.monotonic() - started
+        return report
+
+    log.info("downloading %d file(s), %s, %d at a time into %s", len(todo), _gib(needed), workers, dest_root)
+    lock = threading.Lock()
+
+    def run(outcome: Outcome) -> None:
+        t0 = time.monotonic()
+        try:
+            outcome.downloaded_bytes = downloader.fetch(outcome.entry, Path(dest_root))
+            outcome.status, outcome.path = "downloaded", Path(dest_root) / outcome.entry.relpath
+        except ProvisionError as exc:
+            outcome.status, outcome.error = "failed", str(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others' results
+            outcome.status, outcome.error = "failed", f"model {outcome.entry.name!r}: {type(exc).__name__}: {exc}"
+        outcome.seconds = time.monotonic() - t0
+        with lock:
+            if outcome.status == "downloaded":
+                log.info("%s: done, %s in %.1f s (%s)", outcome.entry.name, _gib(outcome.downloaded_bytes), outcome.seconds,
+                         _mibps(outcome.downloaded_bytes, outcome.seconds))
+            else:
+                log.error("%s", outcome.error)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="provision") as pool:
+        list(pool.map(run, todo))
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _part_size(final: Path) -> int:
+    part = final.with_name(final.name + PART_SUFFIX)
+    return part.stat().st_size if part.exists() else 0
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ
+    p = argparse.ArgumentParser(prog="python -m tenexa.provision", description=__doc__.split("\n\n")[0])
+    p.add_argument("--manifest", type=Path, default=Path(env.get("MODELS_MANIFEST") or REPO_ROOT / "models.json"))
+    p.add_argument("--models", default=env.get("MODELS") or "all", help="all, none, or a comma list of manifest names (env MODELS)")
+    p.add_argument("--comfy-root", type=Path, default=Path(env.get("COMFY_ROOT") or "/ComfyUI"))
+    p.add_argument("--volume-root", type=Path, default=Path(env.get("VOLUME_ROOT") or "/runpod-volume"))
+    p.add_argument("--dest", type=Path, default=Path(env["MODELS_DEST"]) if env.get("MODELS_DEST") else None,
+                   help="root that receives downloads as <dest>/models/<folder>/ (env MODELS_DEST; default COMFY_ROOT)")
+    p.add_argument("--workers", type=int, default=int(env.get("PROVISION_WORKERS") or 4), help="files downloaded at once")
+    p.add_argument("--check", action="store_true", help="only report what is present; exit 1 if anything is missing")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s provision %(levelname)s %(message)s")
+    try:
+        entries = select(load_manifest(args.manifest), args.models)
+    except ProvisionError as exc:
+        log.error("%s", exc)
+        return 2
+    if not entries:
+        log.info("no models selected (MODELS=%s)", args.models)
+        return 0
+    dest = args.dest or args.comfy_root
+    report = provision(
+        entries,
+        dest_root=dest,
+        search_roots=[args.comfy_root, args.volume_root],
+        workers=args.workers,
+        downloader=Downloader(token=os.environ.get("HF_TOKEN") or None),
+        check_only=args.check,
+    )
+    present = sum(o.status == "present" for o in report.outcomes)
+    downloaded = sum(o.status == "downloaded" for o in report.outcomes)
+    log.info("%d present, %d downloaded (%s in %.1f s, %s), %d failed", present, downloaded, _gib(report.downloaded_bytes),
+             report.seconds, _mibps(report.downloaded_bytes, report.seconds), len(report.failed))
+    if args.check:
+        for o in report.failed:
+            log.error("%s", o.error)
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
