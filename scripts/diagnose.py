@@ -1,0 +1,352 @@
+#!/usr/bin/env python3
+"""Ask a Tenexa endpoint how it is doing: a quick health check, or a full report in sections.
+
+Needs only Python 3.9+ and ``requests``. Examples:
+
+  export RUNPOD_API_KEY=...
+  python scripts/diagnose.py <ENDPOINT_ID> --test        # quick: is ComfyUI up, disk, volume
+  python scripts/diagnose.py <ENDPOINT_ID>               # full report
+  python scripts/diagnose.py <ENDPOINT_ID> --selftest    # full report + a tiny generation
+  python scripts/diagnose.py http://127.0.0.1:8000 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # find _client from any working directory
+
+import _client as client  # noqa: E402
+from _client import fmt_bytes, fmt_duration, one_line, say  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diagnose.py",
+        description="Check a Tenexa worker: quick health (--test) or a full diagnostic report.",
+        epilog=client.EXIT_CODES_HELP.format(
+            one="the worker answered but is degraded (ComfyUI down, models or nodes missing,\n"
+                "       a workflow invalid, the selftest failed, or the diagnose job itself failed)")
+        .replace("  0    success", "  0    healthy")
+        + "\n\nThe API key comes from RUNPOD_API_KEY or --api-key and is never printed.",
+        formatter_class=client.HelpFormatter,
+    )
+    client.add_connection_arguments(parser, default_timeout=600)
+    mode = parser.add_argument_group("mode")
+    choice = mode.add_mutually_exclusive_group()
+    choice.add_argument("--test", action="store_true", help="quick health check (input {\"test\": true})")
+    choice.add_argument("--selftest", action="store_true", help="full report plus a tiny end-to-end generation")
+    return parser
+
+
+# --- rendering helpers: every value may be missing or oddly shaped -----------------------------------
+
+
+def _dict(value: Any) -> Dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> List[Any]:
+    return value if isinstance(value, list) else []
+
+
+def show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(show(item) for item in value) if value else "(none)"
+    if isinstance(value, dict):
+        return one_line(json.dumps(value, separators=(", ", ": ")), 160)
+    return str(value)
+
+
+def show_quantity(key: str, value: Any) -> str:
+    """Sizes: keys ending in _gb/_mb are already scaled; vram_*/bytes are raw bytes."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if key.endswith("_gb"):
+            return f"{value:.1f} GB"
+        if key.endswith("_mb"):
+            return f"{value:.1f} MB"
+        if key.startswith(("vram", "torch_vram", "ram")) or key.endswith("bytes"):
+            return fmt_bytes(value)
+    return show(value)
+
+
+def heading(title: str) -> None:
+    say("")
+    say(title)
+    say("-" * len(title))
+
+
+def row(label: str, value: Any, indent: int = 2) -> None:
+    say(f"{' ' * indent}{label:<22} {value if isinstance(value, str) else show(value)}")
+
+
+def mark(ok: Optional[bool]) -> str:
+    return "OK  " if ok else ("FAIL" if ok is False else "?   ")
+
+
+# --- the report --------------------------------------------------------------------------------------
+
+SECTION_KEYS = {"status", "comfyui_reachable", "system", "disk", "volume_mounted", "models", "manifest", "node_check",
+                "workflow_checks", "settings", "selftest", "healthy", "handler_version", "comfyui_up"}
+
+
+def render_comfyui(report: Dict[str, Any]) -> None:
+    system = _dict(report.get("system"))
+    heading("ComfyUI")
+    reachable = report.get("comfyui_reachable", report.get("comfyui_up"))
+    row("reachable", mark(reachable).strip())
+    info = _dict(system.get("system"))  # ComfyUI nests versions under "system"; accept both shapes
+    for key in ("comfyui_version", "pytorch_version", "python_version", "embedded_python", "os"):
+        value = system.get(key, info.get(key))
+        if value is not None:
+            row(key.replace("_", " "), one_line(value, 80))
+    if report.get("handler_version") is not None:
+        row("handler version", report["handler_version"])
+
+
+def render_gpu(report: Dict[str, Any]) -> None:
+    heading("GPU and VRAM")
+    devices = _list(_dict(report.get("system")).get("devices"))
+    if not devices:
+        row("devices", "none reported")
+    for device in devices:
+        device = _dict(device)
+        name = one_line(device.get("name", "?"), 70)
+        say(f"  {name} ({device.get('type', '?')})")
+        total, free = device.get("vram_total"), device.get("vram_free")
+        if total is not None or free is not None:
+            row("vram free / total", f"{show_quantity('vram_free', free)} / {show_quantity('vram_total', total)}", indent=4)
+        for key in ("torch_vram_total", "torch_vram_free"):
+            if device.get(key) is not None:
+                row(key.replace("_", " "), show_quantity(key, device[key]), indent=4)
+
+
+def render_disk(report: Dict[str, Any]) -> None:
+    heading("Disk and volume")
+    disk = report.get("disk")
+    if isinstance(disk, dict):
+        for key, value in disk.items():
+            if isinstance(value, dict):
+                say(f"  {key}")
+                for inner_key, inner in value.items():
+                    row(inner_key.replace("_", " "), show_quantity(inner_key, inner), indent=4)
+            else:
+                row(key.replace("_", " "), show_quantity(key, value))
+    elif disk is not None:
+        row("disk", disk)
+    if "disk_free_gb" in report:
+        row("disk free", show_quantity("disk_free_gb", report["disk_free_gb"]))
+    row("volume mounted", report.get("volume_mounted"))
+
+
+def render_models(report: Dict[str, Any]) -> None:
+    heading("Models")
+    manifest = _dict(report.get("manifest"))
+    present, missing = _list(manifest.get("present")), _list(manifest.get("missing"))
+    if manifest:
+        row("manifest present", f"{len(present)} file(s)")
+        row("manifest missing", f"{len(missing)} file(s)")
+        for item in missing:
+            item = _dict(item) or {"name": item}
+            where = "/".join(str(part) for part in (item.get("folder"), item.get("file")) if part)
+            say(f"    MISSING  {item.get('name', '?')}" + (f"  ({where})" if where else ""))
+    models = _dict(report.get("models"))
+    for folder, content in models.items():
+        if isinstance(content, dict):
+            local, volume = _list(content.get("local")), _list(content.get("volume"))
+            row(folder, f"{len(local)} local, {len(volume)} on volume")
+            for name in local:
+                say(f"    local   {name}")
+            for name in volume:
+                say(f"    volume  {name}")
+        else:
+            row(folder, f"{len(_list(content))} file(s)")
+            for name in _list(content):
+                say(f"    {name}")
+    if not manifest and not models:
+        row("models", "not reported")
+
+
+def render_nodes(report: Dict[str, Any]) -> None:
+    heading("Nodes")
+    nodes = _dict(report.get("node_check"))
+    if not nodes:
+        row("node check", "not reported")
+        return
+    row("required available", f"{len(_list(nodes.get('required_available')))} node class(es)")
+    row("required missing", show(_list(nodes.get("required_missing"))))
+
+
+def _workflow_ok(check: Dict[str, Any]) -> Optional[bool]:
+    if "valid" in check:
+        return bool(check["valid"])
+    missing_models = any(_list(v) for v in _dict(check.get("missing_models")).values())
+    if check.get("exists") is False or _list(check.get("missing_nodes")) or missing_models or _list(check.get("errors")):
+        return False
+    return None
+
+
+def render_workflows(report: Dict[str, Any]) -> None:
+    heading("Workflows")
+    checks = _dict(report.get("workflow_checks"))
+    if not checks:
+        row("workflow checks", "not reported")
+    for name, check in checks.items():
+        check = _dict(check)
+        ok = _workflow_ok(check)
+        details = []
+        if check.get("exists") is False:
+            details.append("file missing")
+        if check.get("nodes") is not None:
+            details.append(f"{check['nodes']} nodes")
+        say(f"  {mark(ok)}  {name}" + (f"  ({', '.join(details)})" if details else ""))
+        if _list(check.get("missing_nodes")):
+            say(f"        missing nodes: {show(check['missing_nodes'])}")
+        for folder, files in _dict(check.get("missing_models")).items():
+            if _list(files):
+                say(f"        missing {folder}: {show(files)}")
+        for error in _list(check.get("errors")):
+            say(f"        error: {one_line(error, 200)}")
+
+
+def render_settings(report: Dict[str, Any]) -> None:
+    heading("Effective settings")
+    settings = _dict(report.get("settings"))
+    if not settings:
+        row("settings", "not reported")
+    for key, value in settings.items():
+        row(key, value)
+
+
+def _selftest_ok(selftest: Any) -> bool:
+    return bool(selftest.get("ok")) if isinstance(selftest, dict) else bool(selftest)
+
+
+def render_selftest(report: Dict[str, Any]) -> None:
+    if "selftest" not in report:
+        return
+    heading("Selftest")
+    data = _dict(report.get("selftest"))
+    ok = _selftest_ok(report.get("selftest"))
+    row("result", "passed" if ok else "FAILED")
+    if isinstance(data.get("seconds"), (int, float)):
+        row("time", fmt_duration(data["seconds"]))
+    video = _dict(data.get("video"))
+    if video:
+        row("video", f"{video.get('frames', '?')} frames @ {video.get('fps', '?')} fps, "
+                     f"{video.get('width', '?')}x{video.get('height', '?')}, {show_quantity('bytes', video.get('bytes'))}")
+    if data.get("error"):
+        row("error", one_line(data["error"], 200))
+
+
+def render_other(report: Dict[str, Any]) -> None:
+    other = {key: value for key, value in report.items() if key not in SECTION_KEYS}
+    if other:
+        heading("Other")
+        for key, value in other.items():
+            row(key, value)
+
+
+def find_problems(report: Dict[str, Any]) -> List[str]:
+    """Everything in a diagnose report that makes the worker degraded, one line each."""
+    problems: List[str] = []
+    if report.get("comfyui_reachable", report.get("comfyui_up")) is False:
+        problems.append("ComfyUI not reachable")
+    missing = _list(_dict(report.get("manifest")).get("missing"))
+    if missing:
+        problems.append(f"{len(missing)} model file(s) from the manifest missing")
+    missing_nodes = _list(_dict(report.get("node_check")).get("required_missing"))
+    if missing_nodes:
+        problems.append(f"{len(missing_nodes)} required node class(es) missing: {show(missing_nodes)}")
+    for name, check in _dict(report.get("workflow_checks")).items():
+        if _workflow_ok(_dict(check)) is False:
+            problems.append(f"workflow {name} invalid")
+    if "selftest" in report and not _selftest_ok(report["selftest"]):
+        problems.append("selftest failed")
+    return problems
+
+
+def assess_report(report: Dict[str, Any]) -> Tuple[bool, List[str]]:
+    """(healthy, problems). The worker's own ``healthy`` decides when present (it knows which checks
+    are optional); otherwise any problem found here means degraded."""
+    problems = find_problems(report)
+    healthy = report["healthy"] if isinstance(report.get("healthy"), bool) else not problems
+    if not healthy and not problems:
+        problems.append("the worker reports healthy=false")
+    return healthy, problems
+
+
+def assess_test(report: Dict[str, Any]) -> bool:
+    ok = report.get("ok")
+    return ok if isinstance(ok, bool) else bool(report.get("comfyui_up"))
+
+
+def render_report(report: Dict[str, Any]) -> bool:
+    """Print the full report in sections and a verdict; return healthy."""
+    render_comfyui(report)
+    render_gpu(report)
+    render_disk(report)
+    render_models(report)
+    render_nodes(report)
+    render_workflows(report)
+    render_settings(report)
+    render_selftest(report)
+    render_other(report)
+    healthy, problems = assess_report(report)
+    say("")
+    say(f"Verdict: {'HEALTHY' if healthy else 'DEGRADED'}")
+    for problem in problems:
+        say(f"  - {problem}")
+    return healthy
+
+
+def render_test(report: Dict[str, Any]) -> bool:
+    ok = assess_test(report)
+    say(f"Health check: {'OK' if ok else 'DEGRADED'}")
+    row("comfyui up", report.get("comfyui_up"))
+    row("disk free", show_quantity("disk_free_gb", report.get("disk_free_gb")))
+    row("volume mounted", report.get("volume_mounted"))
+    row("handler version", report.get("handler_version"))
+    for key, value in report.items():
+        if key not in {"status", "ok", "comfyui_up", "disk_free_gb", "volume_mounted", "handler_version"}:
+            row(key.replace("_", " "), value)
+    return ok
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    job_input: Dict[str, Any] = {"test": True} if args.test else {"diagnose": True}
+    if args.selftest:
+        job_input["selftest"] = True
+    runner = client.connect(args)
+    reply = runner.run(job_input)
+    report = reply.get("output")
+    if reply.get("status") != "COMPLETED" or not isinstance(report, dict) or report.get("status") == "failed":
+        if args.json:
+            client.print_json(reply)
+        else:
+            client.print_failure(reply, runner.elapsed())
+            if reply.get("status") == "COMPLETED":
+                say(f"  output   {one_line(json.dumps(report), 200)}")
+        return client.EXIT_JOB_FAILED
+    if args.json:
+        client.print_json(reply)
+        healthy = assess_test(report) if args.test else assess_report(report)[0]
+        return client.EXIT_OK if healthy else client.EXIT_JOB_FAILED
+    say(f"Tenexa worker at {runner.api.endpoint.describe()}, answered in {fmt_duration(runner.elapsed())}")
+    healthy = render_test(report) if args.test else render_report(report)
+    return client.EXIT_OK if healthy else client.EXIT_JOB_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(client.run_main(main))
