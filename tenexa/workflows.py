@@ -1,0 +1,330 @@
+"""The shipped workflows and how a request is bound into them.
+
+Each workflow is an API-format ComfyUI graph at the repo root plus ONE declarative binding table that maps
+every API parameter and runtime setting to the node inputs it sets ("node.input"). This module is the only
+place in the package that knows node ids; everything else asks ``bind`` for a finished graph and reads the
+values it reports in ``BoundWorkflow.used``.
+
+Binding never restructures a graph except for one documented case: ``text_encoder=cache`` (test-only)
+removes the T5 loader and its link, so the text encoder reads the wrapper's embedding disk cache instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from tenexa import manifest, wan
+from tenexa.config import REPO_ROOT, ConfigError, Settings
+from tenexa.request import GenerateRequest
+
+# ------------------------------------------------------------------------------------------ binding tables
+
+# parameter -> the node inputs it sets. Values come from ``_values`` below, one per parameter.
+I2V_BINDINGS: dict[str, tuple[str, ...]] = {
+    # request
+    "start_image": ("244.image",),
+    "prompt": ("135.positive_prompt",),
+    "negative_prompt": ("135.negative_prompt",),
+    "seed": ("220.seed", "540.seed"),
+    "steps": ("569.value",),  # linked into both samplers' steps and the CFG schedule
+    "high_steps": ("575.value",),  # linked into HIGH end_step and LOW start_step
+    "cfg": ("570.cfg_scale_start", "570.cfg_scale_end"),  # HIGH expert, first step only
+    "cfg_low": ("540.cfg",),
+    "frames": ("541.num_frames",),
+    "width": ("235.value",),  # linked into both resizes and the I2V encode
+    "height": ("236.value",),
+    "fps": ("131.frame_rate",),
+    "shift": ("220.shift", "540.shift"),
+    "scheduler": ("220.scheduler", "540.scheduler"),
+    "lora_high": ("279.lora_0",),
+    "lora_high_strength": ("279.strength_0",),
+    "lora_low": ("553.lora_0",),
+    "lora_low_strength": ("553.strength_0",),
+    "output_prefix": ("131.filename_prefix",),
+    # runtime settings
+    "attention_mode": ("122.attention_mode", "549.attention_mode"),
+    "base_precision": ("122.base_precision", "549.base_precision"),
+    "quantization": ("122.quantization", "549.quantization"),
+    "load_device": ("122.load_device", "549.load_device"),
+    "blocks_to_swap": ("525.blocks_to_swap",),
+    "vae_precision": ("129.precision",),
+    "use_disk_cache": ("135.use_disk_cache",),
+}
+
+FLF2V_BINDINGS: dict[str, tuple[str, ...]] = {
+    **I2V_BINDINGS,
+    "end_image": ("617.image",),
+}
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    name: str
+    file: str
+    bindings: Mapping[str, tuple[str, ...]]
+    high_sampler: str  # runs steps [0, high_steps) on the HIGH expert
+    low_sampler: str  # continues from high_steps on the LOW expert
+    output_node: str  # VHS_VideoCombine: the MP4
+    t5_loader: str  # removed when text_encoder=cache
+    uses_end_image: bool
+
+
+WORKFLOWS: dict[str, WorkflowSpec] = {
+    "wan22_i2v": WorkflowSpec("wan22_i2v", "new_Wan22_api.json", I2V_BINDINGS, "220", "540", "131", "136", False),
+    "flf2v": WorkflowSpec("flf2v", "new_Wan22_flf2v_api.json", FLF2V_BINDINGS, "220", "540", "131", "136", True),
+}
+
+# Which inputs name model files, and the ComfyUI model folder they are listed from.
+MODEL_INPUTS: dict[str, dict[str, str]] = {
+    "WanVideoModelLoader": {"model": "diffusion_models"},
+    "WanVideoVAELoader": {"model_name": "vae"},
+    "LoadWanVideoT5TextEncoder": {"model_name": "text_encoders"},
+    "WanVideoLoraSelectMulti": {f"lora_{i}": "loras" for i in range(5)},
+}
+NO_LORA = "none"
+
+# Allowed values of the runtime settings (the pinned node schemas' enums).
+ATTENTION_MODES = ("sdpa", "flash_attn_2", "flash_attn_3", "sageattn", "sageattn_3", "radial_sage_attention",
+                   "sageattn_compiled", "sageattn_ultravico", "comfy")
+BASE_PRECISIONS = ("fp32", "bf16", "fp16", "fp16_fast")
+QUANTIZATIONS = ("disabled", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e4m3fn_scaled", "fp8_e4m3fn_scaled_fast",
+                 "fp8_e5m2", "fp8_e5m2_fast", "fp8_e5m2_scaled", "fp8_e5m2_scaled_fast")
+LOAD_DEVICES = ("main_device", "offload_device")
+VAE_PRECISIONS = ("fp16", "fp32", "bf16")
+TEXT_ENCODERS = ("t5", "cache")
+MAX_BLOCKS_TO_SWAP = 40  # the A14B experts have 40 blocks
+
+
+@dataclass(frozen=True)
+class BoundWorkflow:
+    name: str
+    graph: dict[str, Any]  # API format, ready for POST /prompt
+    used: dict[str, Any]  # the values actually used (after rounding and defaults)
+    high_sampler: str
+    low_sampler: str
+    output_node: str
+    expert_nodes: tuple[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expert_nodes", (self.high_sampler, self.low_sampler))
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def spec(name: str) -> WorkflowSpec:
+    try:
+        return WORKFLOWS[name]
+    except KeyError:
+        raise ValueError(f"unknown workflow {name!r}; known: {', '.join(WORKFLOWS)}") from None
+
+
+@lru_cache(maxsize=8)
+def _read_graph(path: str, mtime_ns: int) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def workflow_path(name: str, workflow_dir: Path | None = None) -> Path:
+    return Path(workflow_dir or REPO_ROOT) / spec(name).file
+
+
+def load_graph(name: str, workflow_dir: Path | None = None) -> dict[str, Any]:
+    """A fresh deep copy of the shipped graph, unbound."""
+    path = workflow_path(name, workflow_dir)
+    return copy.deepcopy(_read_graph(str(path), path.stat().st_mtime_ns))
+
+
+# ------------------------------------------------------------------------------------------ runtime settings
+
+
+def _attention_probe() -> tuple[bool, str]:
+    """Whether SageAttention can run in this process: package importable and a CUDA GPU visible.
+
+    Uses ``find_spec`` so nothing heavy is imported when the package is absent. When torch itself is not
+    installed in the handler's environment (a slim handler venv), the GPU check falls back to the NVIDIA
+    device nodes. The probe runs in the handler's interpreter: if ComfyUI runs in another environment, set
+    TENEXA_ATTENTION explicitly.
+    """
+    for module in ("sageattention", "triton"):
+        if importlib.util.find_spec(module) is None:
+            return False, f"{module} is not importable"
+    if importlib.util.find_spec("torch") is not None:
+        torch = importlib.import_module("torch")
+        if torch.cuda.is_available():
+            return True, "sageattention importable and torch.cuda available"
+        return False, "torch.cuda is not available"
+    if os.path.exists("/dev/nvidia0") or os.path.isdir("/proc/driver/nvidia/gpus"):
+        return True, "sageattention importable and an NVIDIA device is present (torch not in this process)"
+    return False, "no CUDA device visible"
+
+
+_probe_cache: list[tuple[bool, str]] = []
+
+
+def _probe_once() -> tuple[bool, str]:
+    if not _probe_cache:
+        _probe_cache.append(_attention_probe())
+    return _probe_cache[0]
+
+
+def resolve_attention(settings: Settings) -> str:
+    """``auto`` -> ``sageattn`` when SageAttention can run here, else ``sdpa``; explicit modes pass through."""
+    mode = settings.attention_mode
+    if mode != "auto":
+        return mode
+    return "sageattn" if _probe_once()[0] else "sdpa"
+
+
+def settings_problems(settings: Settings) -> list[str]:
+    """Runtime settings that no shipped workflow can take, one line each (empty when all are fine)."""
+    problems = []
+    checks = (
+        ("TENEXA_ATTENTION", settings.attention_mode, ("auto", *ATTENTION_MODES)),
+        ("TENEXA_BASE_PRECISION", settings.base_precision, BASE_PRECISIONS),
+        ("TENEXA_QUANTIZATION", settings.quantization, QUANTIZATIONS),
+        ("TENEXA_LOAD_DEVICE", settings.load_device, LOAD_DEVICES),
+        ("TENEXA_VAE_PRECISION", settings.vae_precision, VAE_PRECISIONS),
+        ("TENEXA_TEXT_ENCODER", settings.text_encoder, TEXT_ENCODERS),
+    )
+    for env, value, allowed in checks:
+        if value not in allowed:
+            problems.append(f"{env}={value!r} is not one of {', '.join(allowed)}")
+    if not 0 <= settings.blocks_to_swap <= MAX_BLOCKS_TO_SWAP:
+        problems.append(f"TENEXA_BLOCKS_TO_SWAP={settings.blocks_to_swap} is outside 0..{MAX_BLOCKS_TO_SWAP}")
+    if "_fast" in settings.quantization:
+        problems.append(f"TENEXA_QUANTIZATION={settings.quantization}: fp8 _fast matmul does not work with the "
+                        "unmerged per-expert LoRAs these workflows use")
+    return problems
+
+
+def runtime_report(settings: Settings) -> dict[str, Any]:
+    """What diagnose shows about the model runtime: each setting as configured and as it will be sent."""
+    available, reason = _probe_once() if settings.attention_mode == "auto" else (None, "set explicitly")
+    return {
+        "attention_mode": {"setting": settings.attention_mode, "resolved": resolve_attention(settings),
+                           "reason": reason, "sageattention_usable": available},
+        "base_precision": settings.base_precision,
+        "quantization": settings.quantization,
+        "load_device": settings.load_device,
+        "blocks_to_swap": settings.blocks_to_swap,
+        "vae_precision": settings.vae_precision,
+        "text_encoder": settings.text_encoder,
+        "problems": settings_problems(settings),
+    }
+
+
+# ------------------------------------------------------------------------------------------ binding
+
+
+def _values(request: GenerateRequest, image_size: tuple[int, int], settings: Settings, start_image: str,
+            end_image: str | None, output_prefix: str) -> dict[str, Any]:
+    """Every bound parameter's final value, after the Wan rules and the defaults are applied."""
+    width, height = wan.output_size(image_size, request.width, request.height)
+    default_high, default_low = manifest.default_loras()
+    lora_high = default_high if request.lora_high is None else request.lora_high
+    lora_low = default_low if request.lora_low is None else request.lora_low
+    high_steps = wan.expert_split(request.steps, request.shift)
+    return {
+        "start_image": start_image,
+        "end_image": end_image,
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "seed": request.seed,
+        "steps": request.steps,
+        "high_steps": high_steps,
+        "low_steps": request.steps - high_steps,
+        "cfg": request.cfg,
+        "cfg_low": request.cfg_low,
+        "frames": wan.fit_frames(request.frames),
+        "width": width,
+        "height": height,
+        "fps": float(request.fps),
+        "shift": request.shift,
+        "scheduler": request.scheduler,
+        "lora_high": lora_high,
+        "lora_high_strength": request.lora_high_strength,
+        "lora_low": lora_low,
+        "lora_low_strength": request.lora_low_strength,
+        "output_prefix": output_prefix,
+        "attention_mode": resolve_attention(settings),
+        "base_precision": settings.base_precision,
+        "quantization": settings.quantization,
+        "load_device": settings.load_device,
+        "blocks_to_swap": settings.blocks_to_swap,
+        "vae_precision": settings.vae_precision,
+        "text_encoder": settings.text_encoder,
+        "use_disk_cache": settings.text_encoder == "cache",
+    }
+
+
+def _set(graph: dict[str, Any], target: str, value: Any, workflow: str) -> None:
+    node_id, _, input_name = target.partition(".")
+    node = graph.get(node_id)
+    if node is None or input_name not in node.get("inputs", {}):
+        raise KeyError(f"{workflow}: binding target {target} is not in the graph")
+    if isinstance(node["inputs"][input_name], list):
+        raise KeyError(f"{workflow}: binding target {target} is a link, not a value")
+    node["inputs"][input_name] = value
+
+
+def _remove_node(graph: dict[str, Any], node_id: str) -> None:
+    """Drop a node and every input linked to it (only optional inputs link to the removable nodes)."""
+    graph.pop(node_id)
+    for node in graph.values():
+        for name, value in list(node["inputs"].items()):
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == node_id:
+                del node["inputs"][name]
+
+
+def bind(request: GenerateRequest, *, image_size: tuple[int, int], settings: Settings, start_image: str,
+         end_image: str | None, output_prefix: str) -> BoundWorkflow:
+    """The request's workflow with every parameter and runtime setting written in.
+
+    ``image_size`` is the (width, height) of the start image (it sets the default output size);
+    ``start_image``/``end_image`` are names LoadImage can open (uploaded to ComfyUI's input folder).
+    """
+    wf = spec(request.workflow)
+    if wf.uses_end_image != (end_image is not None):
+        raise ValueError(f"workflow {wf.name} {'needs' if wf.uses_end_image else 'takes no'} end image")
+    problems = settings_problems(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    values = _values(request, image_size, settings, start_image, end_image, output_prefix)
+    graph = load_graph(wf.name, settings.workflow_dir)
+    for param, targets in wf.bindings.items():
+        for target in targets:
+            _set(graph, target, values[param], wf.name)
+    if values["text_encoder"] == "cache":
+        _remove_node(graph, wf.t5_loader)
+    used = {k: v for k, v in values.items() if k not in ("prompt", "negative_prompt", "use_disk_cache")}
+    used["workflow"] = wf.name
+    used["split"] = values["high_steps"]
+    return BoundWorkflow(wf.name, graph, used, wf.high_sampler, wf.low_sampler, wf.output_node)
+
+
+# ------------------------------------------------------------------------------------------ inventory
+
+
+def required_classes(workflow_dir: Path | None = None) -> list[str]:
+    """Every class_type the shipped workflows use, sorted."""
+    return sorted({n["class_type"] for name in WORKFLOWS for n in load_graph(name, workflow_dir).values()})
+
+
+def model_references(workflow: str, workflow_dir: Path | None = None) -> dict[str, list[str]]:
+    """{model folder: [file names]} the shipped (unbound) workflow references, LoRA "none" aside."""
+    refs: dict[str, set[str]] = {}
+    for node in load_graph(workflow, workflow_dir).values():
+        for input_name, folder in MODEL_INPUTS.get(node["class_type"], {}).items():
+            value = node["inputs"].get(input_name)
+            if isinstance(value, str) and value != NO_LORA:
+                refs.setdefault(folder, set()).add(value)
+    return {folder: sorted(files) for folder, files in sorted(refs.items())}
