@@ -1,0 +1,226 @@
+"""Parse and validate a job's ``input``: which mode it asks for, and for generate every field's type and range.
+
+Nothing here touches the network or ComfyUI; images are only located (base64 text or URL), not decoded.
+Unknown keys are ignored and reported back in ``ignored_keys`` (clients evolve faster than workers).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from tenexa.errors import ErrorCode, TenexaError, invalid
+
+WORKFLOW_NAMES = ("wan22_i2v", "flf2v")
+OUTPUT_MODES = ("base64", "url")
+SCHEDULERS = (
+    "unipc", "unipc/beta", "dpm++", "dpm++/beta", "dpm++_sde", "dpm++_sde/beta", "euler", "euler/beta",
+    "deis", "lcm", "lcm/beta", "res_multistep", "er_sde",
+)
+MAX_PROMPT_CHARS = 4000
+MAX_SEED = 2**53 - 1  # exact in JSON doubles, and within WanVideoSampler's 0..2**64-1
+MAX_IMAGE_TEXT = 40 * 1024 * 1024  # base64 characters; the decoded size is checked against MAX_IMAGE_BYTES later
+MAX_URL_CHARS = 2048
+MAX_NAME_CHARS = 255
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, "
+    "messy background, three legs, many people in the background, walking backwards"
+)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where an input image comes from: exactly one of base64 text or an http(s) URL."""
+
+    field: str
+    base64: str | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    workflow: str
+    image: ImageSource
+    end_image: ImageSource | None
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    cfg: float
+    cfg_low: float
+    frames: int
+    width: int | None
+    height: int | None
+    fps: float
+    shift: float
+    scheduler: str
+    lora_high: str | None
+    lora_low: str | None
+    lora_high_strength: float
+    lora_low_strength: float
+    output: str
+    ignored_keys: tuple[str, ...] = field(default=())
+
+
+def select_mode(job_input: Mapping[str, Any]) -> str:
+    """``test`` and ``diagnose`` are flags; everything else is a generate request."""
+    if job_input.get("test") is True:
+        return "test"
+    if job_input.get("diagnose") is True:
+        return "diagnose"
+    return "generate"
+
+
+# ---------------------------------------------------------------------------------------------- field readers
+
+
+def _int(data: Mapping[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise invalid(name, f"must be an integer, got {type(value).__name__}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise invalid(name, f"must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise invalid(name, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(data: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    value = data.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise invalid(name, f"must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise invalid(name, f"must be between {lo:g} and {hi:g}, got {value!r}")
+    return value
+
+
+def _text(data: Mapping[str, Any], name: str, default: str, max_chars: int) -> str:
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise invalid(name, f"must be a string, got {type(value).__name__}")
+    if len(value) > max_chars:
+        raise invalid(name, f"is {len(value)} characters long; the limit is {max_chars}")
+    if "\x00" in value:
+        raise invalid(name, "must not contain NUL characters")
+    return value
+
+
+def _choice(data: Mapping[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str) or value not in choices:
+        raise invalid(name, f"must be one of {', '.join(choices)}, got {value!r}"[:300])
+    return value
+
+
+def _model_name(data: Mapping[str, Any], name: str) -> str | None:
+    """A LoRA file name as ComfyUI lists it: relative, no parent references, no absolute paths."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise invalid(name, "must be a non-empty file name")
+    if len(value) > MAX_NAME_CHARS:
+        raise invalid(name, f"must be at most {MAX_NAME_CHARS} characters")
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")) or ".." in parts or any(ch in value for ch in "\x00:"):
+        raise invalid(name, "must be a file name inside the loras folder (no absolute paths or '..')")
+    return value
+
+
+def _image(data: Mapping[str, Any], prefix: str) -> ImageSource | None:
+    b64_key, url_key = f"{prefix}_base64", f"{prefix}_url"
+    b64, url = data.get(b64_key), data.get(url_key)
+    if b64 is not None and url is not None:
+        raise invalid(prefix, f"give either {b64_key} or {url_key}, not both")
+    if b64 is not None:
+        if not isinstance(b64, str):
+            raise invalid(b64_key, f"must be a base64 string, got {type(b64).__name__}")
+        if not b64.strip():
+            return None
+        if len(b64) > MAX_IMAGE_TEXT:
+            raise TenexaError(ErrorCode.IMAGE_TOO_LARGE, f"{b64_key} is {len(b64)} characters; the limit is {MAX_IMAGE_TEXT}")
+        return ImageSource(field=b64_key, base64=b64)
+    if url is not None:
+        if not isinstance(url, str):
+            raise invalid(url_key, f"must be a URL string, got {type(url).__name__}")
+        if not url.strip():
+            return None
+        if len(url) > MAX_URL_CHARS:
+            raise invalid(url_key, f"must be at most {MAX_URL_CHARS} characters")
+        return ImageSource(field=url_key, url=url.strip())
+    return None
+
+
+KNOWN_KEYS = frozenset({
+    "image_base64", "image_url", "end_image_base64", "end_image_url", "workflow", "prompt", "negative_prompt",
+    "seed", "steps", "cfg", "cfg_low", "frames", "length", "width", "height", "fps", "shift", "scheduler",
+    "lora_high", "lora_low", "lora_high_strength", "lora_low_strength", "output", "test", "diagnose", "selftest",
+})
+
+
+def parse_generate(job_input: Any, *, rng: random.Random | None = None) -> GenerateRequest:
+    """Validate a generate request; raise ``TenexaError`` naming the first bad field."""
+    if not isinstance(job_input, Mapping):
+        raise invalid("input", f"must be a JSON object, got {type(job_input).__name__}")
+
+    image = _image(job_input, "image")
+    end_image = _image(job_input, "end_image")
+    workflow = job_input.get("workflow")
+    if workflow is None:
+        workflow = "flf2v" if end_image is not None else "wan22_i2v"
+    workflow = _choice({"workflow": workflow}, "workflow", "wan22_i2v", WORKFLOW_NAMES)
+    if image is None:
+        raise TenexaError(ErrorCode.NO_IMAGE, "give the start image as image_base64 (raw or data: URI) or image_url")
+    if workflow == "flf2v" and end_image is None:
+        raise TenexaError(ErrorCode.NO_END_IMAGE, "workflow flf2v needs end_image_base64 or end_image_url")
+    if workflow == "wan22_i2v" and end_image is not None:
+        raise invalid("end_image", "an end image needs workflow flf2v (or leave workflow out)")
+
+    if "frames" in job_input and "length" in job_input and job_input["frames"] != job_input["length"]:
+        raise invalid("frames", "frames and its alias length disagree")
+    frames_key = "frames" if "frames" in job_input else "length"
+    frames = _int({frames_key: job_input.get(frames_key)}, frames_key, 81, 5, 241)
+
+    seed = _int(job_input, "seed", None, 0, MAX_SEED)
+    if seed is None:
+        seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+
+    return GenerateRequest(
+        workflow=workflow,
+        image=image,
+        end_image=end_image,
+        prompt=_text(job_input, "prompt", "", MAX_PROMPT_CHARS),
+        negative_prompt=_text(job_input, "negative_prompt", DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_CHARS),
+        seed=seed,
+        steps=_int(job_input, "steps", 10, 2, 100),
+        cfg=_float(job_input, "cfg", 2.0, 1.0, 20.0),
+        cfg_low=_float(job_input, "cfg_low", 1.0, 1.0, 20.0),
+        frames=frames,
+        width=_int(job_input, "width", None, 64, 1920),
+        height=_int(job_input, "height", None, 64, 1920),
+        fps=_float(job_input, "fps", 16.0, 1.0, 60.0),
+        shift=_float(job_input, "shift", 9.0, 0.5, 50.0),
+        scheduler=_choice(job_input, "scheduler", "dpm++_sde", SCHEDULERS),
+        lora_high=_model_name(job_input, "lora_high"),
+        lora_low=_model_name(job_input, "lora_low"),
+        lora_high_strength=_float(job_input, "lora_high_strength", 1.0, -10.0, 10.0),
+        lora_low_strength=_float(job_input, "lora_low_strength", 1.0, -10.0, 10.0),
+        output=_choice(job_input, "output", "base64", OUTPUT_MODES),
+        ignored_keys=tuple(sorted(k for k in job_input if k not in KNOWN_KEYS)),
+    )
