@@ -1,0 +1,49 @@
+"""Facts about a finished video, read from the file itself (PyAV), never echoed from the request."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from tenexa.errors import ErrorCode, TenexaError
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    fps: float
+    width: int
+    height: int
+    duration_sec: float
+    codec: str
+    size_bytes: int
+    sha256: str
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def probe_video(path: Path) -> VideoInfo:
+    try:
+        with av.open(str(path)) as container:
+            stream = next(s for s in container.streams if s.type == "video")
+            rate = stream.average_rate or stream.guessed_rate or Fraction(0)
+            frames = stream.frames
+            if not frames:  # some muxers leave nb_frames empty: count packets instead
+                frames = sum(1 for p in container.demux(stream) if p.size)
+            fps = float(rate) if rate else 0.0
+            duration = frames / fps if fps else float(container.duration or 0) / av.time_base
+            info = (int(frames), round(fps, 3), stream.codec_context.width, stream.codec_context.height,
+                    round(duration, 3), stream.codec_context.name)
+    except (av.FFmpegError, StopIteration, OSError) as exc:
+        raise TenexaError(ErrorCode.NO_OUTPUT, f"ComfyUI produced a file that is not a readable video ({type(exc).__name__})") from None
+    return VideoInfo(*info, size_bytes=path.stat().st_size, sha256=sha256_file(path))
