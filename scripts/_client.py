@@ -567,7 +567,7 @@ class JobRunner:
     def _run_runpod(self, job_input: Dict[str, Any]) -> Dict[str, Any]:
         body = {"input": job_input}
         if self.options.sync:
-            wait_ms = int(min(max(self.remaining() * 1000, RUNSYNC_WAIT_MS[0]), RUNSYNC_WAIT_MS[1]))
+            wait_ms = int(min(max(round(self.remaining()) * 1000, RUNSYNC_WAIT_MS[0]), RUNSYNC_WAIT_MS[1]))
             reply = self._submit("/runsync", body, params={"wait": wait_ms}, timeout=wait_ms / 1000 + 30)
         else:
             reply = self._submit("/run", body, params=None, timeout=30)
