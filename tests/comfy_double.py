@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
+from PIL import Image
 from aiohttp import web
 
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "comfyui"
@@ -43,8 +43,8 @@ def write_mp4(path: Path, frames: int, width: int, height: int, fps: float) -> N
         stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
         for i in range(frames):
-            img = np.full((stream.height, stream.width, 3), (i * 25) % 255, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            img = Image.new("RGB", (stream.width, stream.height), ((i * 25) % 255, 80, 160))
+            for packet in stream.encode(av.VideoFrame.from_image(img)):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)

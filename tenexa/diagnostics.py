@@ -1,0 +1,220 @@
+"""Test mode (a fast health check), diagnose mode (what is installed and what is wrong) and the self-test."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tenexa import manifest, validator, workflows
+from tenexa.comfy import ComfyClient
+from tenexa.config import REPO_ROOT, Settings
+from tenexa.errors import TenexaError
+from tenexa.images import normalize_image
+from tenexa.pipeline import run_graph
+from tenexa.workspace import JobWorkspace
+
+MODEL_FOLDERS = ("diffusion_models", "unet", "text_encoders", "clip", "vae", "loras")
+MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+SELFTEST_GRAPH = Path(__file__).parent / "data" / "selftest_api.json"
+SELFTEST_IMAGE = REPO_ROOT / "example_image.png"
+SELFTEST_TIMEOUT = 120.0
+
+
+def _disk(path: Path) -> dict:
+    probe = path if path.exists() else Path("/")
+    usage = shutil.disk_usage(probe)
+    return {"path": str(probe), "free_gb": round(usage.free / 1e9, 2), "total_gb": round(usage.total / 1e9, 2)}
+
+
+def volume_mounted(settings: Settings) -> bool:
+    root = settings.volume_root
+    return os.path.ismount(root) or (root.is_dir() and any(root.iterdir()))
+
+
+def health(settings: Settings, client: ComfyClient) -> dict:
+    """Test mode: cheap facts only, short timeouts, never touches workflows or models."""
+    comfy_up = client.is_up(timeout=0.25)
+    return {
+        "status": "completed",
+        "ok": comfy_up,
+        "comfyui_up": comfy_up,
+        "disk_free_gb": _disk(settings.comfy_root)["free_gb"],
+        "volume_mounted": volume_mounted(settings),
+        "handler_version": settings.handler_version,
+    }
+
+
+def list_models(settings: Settings) -> dict[str, dict[str, list[str]]]:
+    """Model files per folder, in the image (COMFY_ROOT/models) and on the volume (VOLUME_ROOT/models)."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for folder in MODEL_FOLDERS:
+        entry = {}
+        for where, root in (("local", settings.comfy_root / "models" / folder), ("volume", settings.volume_root / "models" / folder)):
+            files = []
+            if root.is_dir():
+                for path in sorted(root.rglob("*")):
+                    if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
+                        files.append(str(path.relative_to(root)))
+            entry[where] = files
+        found[folder] = entry
+    return found
+
+
+def _manifest_report(models: dict[str, dict[str, list[str]]]) -> dict:
+    present, missing = [], []
+    for entry in manifest.load_manifest():
+        on_disk = models.get(entry.folder, {})
+        if entry.file in on_disk.get("local", []) or entry.file in on_disk.get("volume", []):
+            present.append(entry.name)
+        else:
+            missing.append({"name": entry.name, "folder": entry.folder, "file": entry.file})
+    return {"present": present, "missing": missing}
+
+
+def _selftest_classes() -> set[str]:
+    return {node["class_type"] for node in json.loads(SELFTEST_GRAPH.read_text()).values()}
+
+
+def _missing_models(graph: dict, object_info: dict) -> dict[str, list[str]]:
+    """Model names the graph asks for that ComfyUI's live listing (the loaders' combo options) lacks."""
+    missing: dict[str, set[str]] = {}
+    for node in graph.values():
+        inputs_for = workflows.MODEL_INPUTS.get(node.get("class_type"), {})
+        schema = (object_info.get(node.get("class_type")) or {}).get("input", {})
+        for input_name, folder in inputs_for.items():
+            value = node.get("inputs", {}).get(input_name)
+            if not isinstance(value, str) or value == workflows.NO_LORA:
+                continue
+            spec = (schema.get("required") or {}).get(input_name) or (schema.get("optional") or {}).get(input_name)
+            options = spec[0] if isinstance(spec, list) and spec and isinstance(spec[0], list) else []
+            if value not in options:
+                missing.setdefault(folder, set()).add(value)
+    return {folder: sorted(files) for folder, files in sorted(missing.items())}
+
+
+def _workflow_checks(settings: Settings, object_info: dict | None) -> dict:
+    checks = {}
+    for name in workflows.WORKFLOWS:
+        path = workflows.workflow_path(name, settings.workflow_dir)
+        report: dict[str, Any] = {"workflow": name, "exists": path.is_file()}
+        if not report["exists"]:
+            checks[path.name] = report
+            continue
+        try:
+            graph = json.loads(path.read_text())
+        except ValueError as exc:
+            checks[path.name] = {**report, "valid": False, "errors": [f"not valid JSON: {exc}"]}
+            continue
+        classes = {n.get("class_type") for n in graph.values() if isinstance(n, dict)}
+        report["nodes"] = len(graph)
+        if object_info is None:
+            report.update(valid=None, errors=["ComfyUI unreachable: not checked against live /object_info"])
+        else:
+            report["missing_nodes"] = sorted(c for c in classes if c not in object_info)
+            report["missing_models"] = _missing_models(graph, object_info)
+            problems = validator.validate(graph, object_info, check_files=True)
+            report["errors"] = [str(p) for p in problems]
+            report["valid"] = not problems
+        checks[path.name] = report
+    return checks
+
+
+def diagnose(settings: Settings, client: ComfyClient, *, selftest: bool = False) -> dict:
+    started = time.monotonic()
+    try:
+        system = client.system_stats(timeout=2.0)
+        reachable = True
+    except Exception as exc:  # noqa: BLE001 - diagnose reports, it never fails
+        system, reachable = {"error": type(exc).__name__}, False
+    object_info = None
+    if reachable:
+        try:
+            object_info = client.object_info()
+        except Exception as exc:  # noqa: BLE001
+            system["object_info_error"] = type(exc).__name__
+    models = list_models(settings)
+    required = sorted(set(workflows.required_classes(settings.workflow_dir)) | _selftest_classes())
+    node_check = (
+        {"required_available": [c for c in required if c in object_info], "required_missing": [c for c in required if c not in object_info]}
+        if object_info is not None else {"required_available": [], "required_missing": [], "checked": False}
+    )
+    report: dict[str, Any] = {
+        "status": "completed",
+        "handler_version": settings.handler_version,
+        "comfyui_reachable": reachable,
+        "comfyui_url": settings.comfy_url,
+        "system": _system_summary(system),
+        "disk": {"comfy_root": _disk(settings.comfy_root), "volume": _disk(settings.volume_root)},
+        "volume_mounted": volume_mounted(settings),
+        "models": models,
+        "manifest": _manifest_report(models),
+        "node_check": node_check,
+        "workflow_checks": _workflow_checks(settings, object_info),
+        "settings": workflows.runtime_report(settings),
+    }
+    if selftest:
+        report["selftest"] = run_selftest(settings, client) if reachable else {"ok": False, "error": "ComfyUI unreachable"}
+    report["healthy"] = bool(
+        reachable and not node_check["required_missing"] and not report["manifest"]["missing"]
+        and all(c.get("valid") for c in report["workflow_checks"].values())
+        and report.get("selftest", {"ok": True})["ok"]
+    )
+    report["seconds"] = round(time.monotonic() - started, 3)
+    return report
+
+
+def _system_summary(stats: dict) -> dict:
+    if "system" not in stats:
+        return stats
+    system = stats["system"]
+    return {
+        "comfyui_version": system.get("comfyui_version"),
+        "pytorch_version": system.get("pytorch_version"),
+        "python_version": system.get("python_version"),
+        "ram_total_gb": round((system.get("ram_total") or 0) / 1e9, 2),
+        "ram_free_gb": round((system.get("ram_free") or 0) / 1e9, 2),
+        "devices": [
+            {"name": d.get("name"), "type": d.get("type"), "vram_total_gb": round((d.get("vram_total") or 0) / 1e9, 2),
+             "vram_free_gb": round((d.get("vram_free") or 0) / 1e9, 2)}
+            for d in stats.get("devices") or []
+        ],
+    }
+
+
+def selftest_graph(image_name: str, output_prefix: str) -> dict:
+    graph = json.loads(SELFTEST_GRAPH.read_text())
+    for node in graph.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = image_name
+        elif "filename_prefix" in node["inputs"]:
+            node["inputs"]["filename_prefix"] = output_prefix
+    return copy.deepcopy(graph)
+
+
+def run_selftest(settings: Settings, client: ComfyClient, *, job_id: str = "selftest", cancel: threading.Event | None = None) -> dict:
+    """Core + VideoHelperSuite nodes only, through the very path generate uses; proves the plumbing without a 14B model."""
+    started = time.monotonic()
+    workspace = JobWorkspace(settings.comfy_root, job_id)
+    try:
+        image = normalize_image(SELFTEST_IMAGE.read_bytes(), "example_image.png", settings.max_image_pixels)
+        graph = selftest_graph(workspace.input_name("selftest.png"), workspace.output_prefix)
+        result = run_graph(client, graph, workspace=workspace, images={"selftest.png": image.png},
+                           deadline=started + min(settings.exec_timeout, SELFTEST_TIMEOUT), cancel=cancel)
+        video = result.video
+        return {
+            "ok": True,
+            "seconds": round(time.monotonic() - started, 3),
+            "execution_s": result.run.execution_s,
+            "video": {"frames": video.frames, "fps": video.fps, "width": video.width, "height": video.height, "bytes": video.size_bytes,
+                      "codec": video.codec},
+        }
+    except TenexaError as err:
+        return {"ok": False, "seconds": round(time.monotonic() - started, 3), "error_code": err.code.value, "error": err.message}
+    finally:
+        workspace.cleanup()

@@ -1,0 +1,53 @@
+"""Shared fixtures and tier marking. Tiers follow file names: tests/integration/ → integration,
+test_contract_*.py → contract, test_e2e_*.py and tests/scripts/ → e2e, everything else → unit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from comfy_double import ComfyDouble  # noqa: E402
+
+from tenexa.config import load_settings  # noqa: E402
+
+
+def _tier(path: Path) -> str:
+    parts = path.relative_to(ROOT / "tests").parts
+    if parts[0] == "integration":
+        return "integration"
+    if parts[0] == "scripts" or path.name.startswith("test_e2e_"):
+        return "e2e"
+    if path.name.startswith("test_contract_"):
+        return "contract"
+    return "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(getattr(pytest.mark, _tier(Path(str(item.fspath)))))
+
+
+@pytest.fixture
+def comfy_double(tmp_path):
+    double = ComfyDouble(tmp_path / "ComfyUI").start()
+    yield double
+    double.stop()
+
+
+def settings_for(double: ComfyDouble, **env: str):
+    base = {
+        "COMFY_ROOT": str(double.root),
+        "COMFY_PORT": str(double.port),
+        "SERVER_ADDRESS": "127.0.0.1",
+        "COMFY_READY_TIMEOUT": "2",
+        "COMFY_EXEC_TIMEOUT": "20",
+        "VOLUME_ROOT": str(double.root / "no-volume"),
+    }
+    base.update(env)
+    return load_settings(base)
