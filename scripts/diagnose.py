@@ -80,55 +80,75 @@ def show_quantity(key: str, value: Any) -> str:
     return show(value)
 
 
+def label(key: str) -> str:
+    """``free_gb`` -> ``free``: the unit shows in the value."""
+    for suffix in ("_gb", "_mb", "_bytes"):
+        if key.endswith(suffix):
+            key = key[: -len(suffix)]
+    return key.replace("_", " ")
+
+
 def heading(title: str) -> None:
     say("")
     say(title)
     say("-" * len(title))
 
 
-def row(label: str, value: Any, indent: int = 2) -> None:
-    say(f"{' ' * indent}{label:<22} {value if isinstance(value, str) else show(value)}")
+def row(name: str, value: Any, indent: int = 2) -> None:
+    say(f"{' ' * indent}{name:<22} {value if isinstance(value, str) else show(value)}")
 
 
 def mark(ok: Optional[bool]) -> str:
     return "OK  " if ok else ("FAIL" if ok is False else "?   ")
 
 
+def pair(device: Dict[str, Any], base: str) -> Optional[str]:
+    """"free / total" from ``<base>_free``/``<base>_total`` (bytes) or ``..._gb`` (GB)."""
+    for unit in ("", "_gb"):
+        free, total = device.get(f"{base}_free{unit}"), device.get(f"{base}_total{unit}")
+        if free is not None or total is not None:
+            return f"{show_quantity(base + '_free' + unit, free)} / {show_quantity(base + '_total' + unit, total)}"
+    return None
+
+
 # --- the report --------------------------------------------------------------------------------------
 
-SECTION_KEYS = {"status", "comfyui_reachable", "system", "disk", "volume_mounted", "models", "manifest", "node_check",
-                "workflow_checks", "settings", "selftest", "healthy", "handler_version", "comfyui_up"}
+SECTION_KEYS = {"status", "comfyui_reachable", "comfyui_url", "system", "disk", "volume_mounted", "models", "manifest",
+                "node_check", "workflow_checks", "settings", "selftest", "healthy", "handler_version", "comfyui_up", "seconds"}
 
 
 def render_comfyui(report: Dict[str, Any]) -> None:
     system = _dict(report.get("system"))
     heading("ComfyUI")
-    reachable = report.get("comfyui_reachable", report.get("comfyui_up"))
-    row("reachable", mark(reachable).strip())
-    info = _dict(system.get("system"))  # ComfyUI nests versions under "system"; accept both shapes
-    for key in ("comfyui_version", "pytorch_version", "python_version", "embedded_python", "os"):
+    row("reachable", mark(report.get("comfyui_reachable", report.get("comfyui_up"))).strip())
+    if report.get("comfyui_url"):
+        row("url", report["comfyui_url"])
+    info = _dict(system.get("system"))  # raw /system_stats nests versions under "system"; accept both shapes
+    for key in ("comfyui_version", "pytorch_version", "python_version", "embedded_python", "os", "error",
+                "object_info_error"):
         value = system.get(key, info.get(key))
         if value is not None:
-            row(key.replace("_", " "), one_line(value, 80))
+            row(label(key), one_line(value, 80))
     if report.get("handler_version") is not None:
         row("handler version", report["handler_version"])
 
 
 def render_gpu(report: Dict[str, Any]) -> None:
     heading("GPU and VRAM")
-    devices = _list(_dict(report.get("system")).get("devices"))
+    system = _dict(report.get("system"))
+    devices = _list(system.get("devices"))
     if not devices:
         row("devices", "none reported")
     for device in devices:
         device = _dict(device)
-        name = one_line(device.get("name", "?"), 70)
-        say(f"  {name} ({device.get('type', '?')})")
-        total, free = device.get("vram_total"), device.get("vram_free")
-        if total is not None or free is not None:
-            row("vram free / total", f"{show_quantity('vram_free', free)} / {show_quantity('vram_total', total)}", indent=4)
-        for key in ("torch_vram_total", "torch_vram_free"):
-            if device.get(key) is not None:
-                row(key.replace("_", " "), show_quantity(key, device[key]), indent=4)
+        say(f"  {one_line(device.get('name', '?'), 70)} ({device.get('type', '?')})")
+        for base, name in (("vram", "vram free / total"), ("torch_vram", "torch vram free / total")):
+            text = pair(device, base)
+            if text:
+                row(name, text, indent=4)
+    ram = pair(system, "ram") or pair(_dict(system.get("system")), "ram")
+    if ram:
+        row("ram free / total", ram)
 
 
 def render_disk(report: Dict[str, Any]) -> None:
@@ -139,9 +159,9 @@ def render_disk(report: Dict[str, Any]) -> None:
             if isinstance(value, dict):
                 say(f"  {key}")
                 for inner_key, inner in value.items():
-                    row(inner_key.replace("_", " "), show_quantity(inner_key, inner), indent=4)
+                    row(label(inner_key), show_quantity(inner_key, inner), indent=4)
             else:
-                row(key.replace("_", " "), show_quantity(key, value))
+                row(label(key), show_quantity(key, value))
     elif disk is not None:
         row("disk", disk)
     if "disk_free_gb" in report:
@@ -183,13 +203,16 @@ def render_nodes(report: Dict[str, Any]) -> None:
     if not nodes:
         row("node check", "not reported")
         return
+    if nodes.get("checked") is False:
+        row("node check", "not checked (ComfyUI unreachable)")
+        return
     row("required available", f"{len(_list(nodes.get('required_available')))} node class(es)")
     row("required missing", show(_list(nodes.get("required_missing"))))
 
 
 def _workflow_ok(check: Dict[str, Any]) -> Optional[bool]:
-    if "valid" in check:
-        return bool(check["valid"])
+    if "valid" in check:  # None: the worker could not check it (ComfyUI down), which is reported elsewhere
+        return None if check["valid"] is None else bool(check["valid"])
     missing_models = any(_list(v) for v in _dict(check.get("missing_models")).values())
     if check.get("exists") is False or _list(check.get("missing_nodes")) or missing_models or _list(check.get("errors")):
         return False
@@ -246,7 +269,8 @@ def render_selftest(report: Dict[str, Any]) -> None:
         row("video", f"{video.get('frames', '?')} frames @ {video.get('fps', '?')} fps, "
                      f"{video.get('width', '?')}x{video.get('height', '?')}, {show_quantity('bytes', video.get('bytes'))}")
     if data.get("error"):
-        row("error", one_line(data["error"], 200))
+        code = f"{data['error_code']}: " if data.get("error_code") else ""
+        row("error", one_line(code + str(data["error"]), 200))
 
 
 def render_other(report: Dict[str, Any]) -> None:
@@ -319,7 +343,7 @@ def render_test(report: Dict[str, Any]) -> bool:
     row("handler version", report.get("handler_version"))
     for key, value in report.items():
         if key not in {"status", "ok", "comfyui_up", "disk_free_gb", "volume_mounted", "handler_version"}:
-            row(key.replace("_", " "), value)
+            row(label(key), value)
     return ok
 
 
@@ -343,7 +367,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         client.print_json(reply)
         healthy = assess_test(report) if args.test else assess_report(report)[0]
         return client.EXIT_OK if healthy else client.EXIT_JOB_FAILED
-    say(f"Tenexa worker at {runner.api.endpoint.describe()}, answered in {fmt_duration(runner.elapsed())}")
+    took = f" (diagnose took {fmt_duration(report['seconds'])})" if isinstance(report.get("seconds"), (int, float)) else ""
+    say(f"Tenexa worker at {runner.api.endpoint.describe()}, answered in {fmt_duration(runner.elapsed())}{took}")
     healthy = render_test(report) if args.test else render_report(report)
     return client.EXIT_OK if healthy else client.EXIT_JOB_FAILED
 
