@@ -158,7 +158,7 @@ def fetch_url(url: str, field: str, settings: Settings, session: requests.Sessio
                 raise TenexaError(ErrorCode.IMAGE_TOO_LARGE, f"{field}: {declared} bytes; the limit is {settings.max_image_bytes}")
             buf = bytearray()
             try:
-                for chunk in resp.iter_content(64 * 1024):
+                while chunk := resp.raw.read1(64 * 1024):  # read1: whatever has arrived, so the deadline is checked often
                     buf += chunk
                     if len(buf) > settings.max_image_bytes:
                         raise TenexaError(ErrorCode.IMAGE_TOO_LARGE, f"{field}: more than {settings.max_image_bytes} bytes")
