@@ -34,17 +34,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
 from tenexa.config import REPO_ROOT
+from tenexa.manifest import ManifestError, ModelEntry, parse_manifest
 
 log = logging.getLogger("tenexa.provision")
 
-MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras", "clip_vision")
 HF_HOSTS = ("huggingface.co", "hf.co")
 # A cut connection loses the chunk being read when it breaks, so the chunk stays small.
 CHUNK_BYTES = 256 * 1024
@@ -56,19 +56,9 @@ class ProvisionError(Exception):
     """One model could not be provisioned; the message is a single line naming the model."""
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    folder: str
-    file: str
-    url: str
-    size: int | None = None
-    sha256: str | None = None
-    workflows: tuple[str, ...] = ()
-
-    @property
-    def relpath(self) -> Path:
-        return Path("models") / self.folder / self.file
+def model_path(root: Path, entry: ModelEntry) -> Path:
+    """Where ``entry`` lives below a ComfyUI-style root: ``<root>/models/<folder>/<file>``."""
+    return Path(root) / "models" / entry.relative_path
 
 
 @dataclass
@@ -99,33 +89,30 @@ class Report:
 
 
 def load_manifest(path: Path) -> list[ModelEntry]:
+    """``models.json`` as ``tenexa.manifest`` reads it, except that plain ``http://`` URLs are accepted.
+
+    ``tenexa.manifest.parse_manifest`` insists on https, which is right for the shipped manifest (a test checks
+    that both readers agree on it) but would rule out the local HTTP servers the tests and bench download from.
+    """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ProvisionError(f"manifest {path} not found") from None
-    except json.JSONDecodeError as exc:
-        raise ProvisionError(f"manifest {path} is not valid JSON: {exc}") from None
-    entries: list[ModelEntry] = []
-    for i, raw in enumerate(data.get("models", [])):
-        where = f"manifest {path}: models[{i}]"
-        try:
-            entry = ModelEntry(
-                name=str(raw["name"]),
-                folder=str(raw["folder"]),
-                file=str(raw["file"]),
-                url=str(raw["url"]),
-                size=None if raw.get("size") is None else int(raw["size"]),
-                sha256=None if not raw.get("sha256") else str(raw["sha256"]).lower(),
-                workflows=tuple(raw.get("workflows") or ()),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProvisionError(f"{where}: bad or missing field {exc}") from None
-        if entry.folder not in MODEL_FOLDERS:
-            raise ProvisionError(f"{where}: folder {entry.folder!r} is not one of {', '.join(MODEL_FOLDERS)}")
-        if Path(entry.file).is_absolute() or ".." in Path(entry.file).parts:
-            raise ProvisionError(f"{where}: file {entry.file!r} must be a relative path inside its folder")
-        entries.append(entry)
-    return entries
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProvisionError(f"manifest {path} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise ProvisionError(f'manifest {path}: must be an object with a "models" list')
+    as_https = [
+        {**raw, "url": "https://" + raw["url"][len("http://") :]}
+        if isinstance(raw, dict) and str(raw.get("url", "")).startswith("http://")
+        else raw
+        for raw in data["models"]
+    ]
+    try:
+        checked = parse_manifest({"models": as_https})
+    except ManifestError as exc:
+        raise ProvisionError(f"manifest {path}: {exc}") from None
+    return [replace(e, url=raw["url"]) for e, raw in zip(checked, data["models"], strict=True)]
 
 
 def select(entries: Sequence[ModelEntry], spec: str) -> list[ModelEntry]:
@@ -157,7 +144,7 @@ def auth_headers(url: str, token: str | None) -> dict[str, str]:
 def find_existing(entry: ModelEntry, roots: Iterable[Path]) -> Path | None:
     """First ``<root>/models/<folder>/<file>`` with the manifest's size (any size when the manifest has none)."""
     for root in roots:
-        path = Path(root) / entry.relpath
+        path = model_path(root, entry)
         try:
             if path.is_file() and (entry.size is None or path.stat().st_size == entry.size):
                 return path
@@ -208,7 +195,7 @@ class Downloader:
 
     def fetch(self, entry: ModelEntry, dest_root: Path) -> int:
         """Download ``entry`` to ``dest_root/models/<folder>/<file>``; returns the bytes transferred."""
-        final = Path(dest_root) / entry.relpath
+        final = model_path(dest_root, entry)
         part = final.with_name(final.name + PART_SUFFIX)
         final.parent.mkdir(parents=True, exist_ok=True)
         transferred = 0
@@ -333,7 +320,7 @@ def provision(
     started = time.monotonic()
     report = Report()
     roots = list(dict.fromkeys([Path(dest_root), *map(Path, search_roots)]))
-    unique = list({e.relpath: e for e in entries}.values())
+    unique = list({e.relative_path: e for e in entries}.values())
     todo: list[Outcome] = []
     for entry in unique:
         found = find_existing(entry, roots)
@@ -345,11 +332,11 @@ def provision(
             todo.append(outcome)
     if check_only or not todo:
         for o in todo:
-            o.error = f"model {o.entry.name!r}: missing ({o.entry.relpath} under none of {', '.join(map(str, roots))})"
+            o.error = f"model {o.entry.name!r}: missing (models/{o.entry.relative_path} under none of {', '.join(map(str, roots))})"
         report.seconds = time.monotonic() - started
         return report
 
-    needed = sum(max(0, (o.entry.size or 0) - _part_size(Path(dest_root) / o.entry.relpath)) for o in todo)
+    needed = sum(max(0, (o.entry.size or 0) - _part_size(model_path(dest_root, o.entry))) for o in todo)
     free = _free_bytes(Path(dest_root))
     if needed > free:
         log.error("not enough disk space: %s needed under %s, %s free", _gib(needed), dest_root, _gib(free))
@@ -366,7 +353,7 @@ def provision(
         t0 = time.monotonic()
         try:
             outcome.downloaded_bytes = downloader.fetch(outcome.entry, Path(dest_root))
-            outcome.status, outcome.path = "downloaded", Path(dest_root) / outcome.entry.relpath
+            outcome.status, outcome.path = "downloaded", model_path(dest_root, outcome.entry)
         except ProvisionError as exc:
             outcome.status, outcome.error = "failed", str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others' results

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tenexa import provision
+from tenexa import manifest, provision
 from tenexa.config import REPO_ROOT
-from tenexa.provision import Downloader, ModelEntry, ProvisionError
+from tenexa.manifest import ModelEntry
+from tenexa.provision import Downloader, ProvisionError
 
 
 class FileServer:
@@ -98,16 +99,16 @@ def server():
     srv.close()
 
 
-def entry(srv: FileServer, name: str, folder: str = "diffusion_models", *, size: bool = True, sha: bool = True, **kw) -> ModelEntry:
+def entry(srv: FileServer, name: str, folder: str = "diffusion_models", *, size: bool = True, sha: bool = True) -> ModelEntry:
     body = srv.files.get(f"/m/{name}", b"")
     return ModelEntry(
-        name=kw.pop("label", name.split(".")[0]),
+        name=name.split(".")[0],
         folder=folder,
         file=name,
         url=f"{srv.url}/m/{name}",
         size=len(body) if size else None,
         sha256=hashlib.sha256(body).hexdigest() if sha else None,
-        **kw,
+        workflows=("wan22_i2v",),
     )
 
 
@@ -183,7 +184,7 @@ def test_checksum_mismatch_fails_and_leaves_no_file(server, tmp_path):
 def test_404_is_one_clear_line_and_exit_1(server, tmp_path, caplog):
     manifest = tmp_path / "models.json"
     missing = {"name": "ghost", "folder": "vae", "file": "ghost.safetensors", "url": f"{server.url}/m/ghost.safetensors",
-               "size": None, "sha256": None, "workflows": []}
+               "size": None, "sha256": None, "workflows": ["wan22_i2v"]}
     manifest.write_text(json.dumps({"models": [missing]}))
     rc = provision.main(["--manifest", str(manifest), "--comfy-root", str(tmp_path / "comfy"),
                          "--volume-root", str(tmp_path / "vol")])
@@ -242,7 +243,7 @@ def test_hf_token_goes_only_to_hugging_face_hosts(server, tmp_path):
 
 
 def test_select_all_none_and_names():
-    entries = [ModelEntry("a", "vae", "a", "u"), ModelEntry("b", "vae", "b", "u")]
+    entries = [ModelEntry("a", "vae", "a", "u", None, None, ()), ModelEntry("b", "vae", "b", "u", None, None, ())]
     assert provision.select(entries, "all") == entries
     assert provision.select(entries, "none") == []
     assert provision.select(entries, " b , a,b") == [entries[1], entries[0]]
@@ -253,7 +254,7 @@ def test_select_all_none_and_names():
 def test_check_mode_reports_missing_and_present(server, tmp_path):
     manifest = tmp_path / "models.json"
     e = entry(server, "d.bin", folder="vae")
-    manifest.write_text(json.dumps({"models": [{**e.__dict__, "workflows": []}]}))
+    manifest.write_text(json.dumps({"models": [{**e.__dict__, "workflows": list(e.workflows)}]}))
     args = ["--manifest", str(manifest), "--comfy-root", str(tmp_path), "--volume-root", str(tmp_path / "v"), "--check"]
     assert provision.main(args) == 1
     final_path(tmp_path, e).parent.mkdir(parents=True)
@@ -263,20 +264,20 @@ def test_check_mode_reports_missing_and_present(server, tmp_path):
     assert provision.main([*args[:-1], "--models", "nope"]) == 2
 
 
-def test_manifest_rejects_unknown_folder_and_escaping_paths(tmp_path):
-    bad = tmp_path / "m.json"
-    bad.write_text(json.dumps({"models": [{"name": "x", "folder": "checkpoints", "file": "x", "url": "u"}]}))
-    with pytest.raises(ProvisionError, match="folder 'checkpoints'"):
-        provision.load_manifest(bad)
-    bad.write_text(json.dumps({"models": [{"name": "x", "folder": "vae", "file": "../../etc/x", "url": "u"}]}))
-    with pytest.raises(ProvisionError, match="relative path"):
-        provision.load_manifest(bad)
+def test_manifest_rules_are_tenexa_manifest_rules_but_plain_http_is_allowed(tmp_path):
+    path = tmp_path / "m.json"
+    good = {"name": "x", "folder": "vae", "file": "x.safetensors", "url": "http://127.0.0.1:9/x", "size": None, "sha256": None,
+            "workflows": ["wan22_i2v"]}
+    path.write_text(json.dumps({"models": [good]}))
+    assert provision.load_manifest(path)[0].url == "http://127.0.0.1:9/x"
+    for bad, message in ((dict(good, folder="checkpoints"), "folder"), (dict(good, file="../../etc/x"), "plain file name")):
+        path.write_text(json.dumps({"models": [bad]}))
+        with pytest.raises(ProvisionError, match=message):
+            provision.load_manifest(path)
 
 
-def test_repository_manifest_parses():
-    manifest = REPO_ROOT / "models.json"
-    if not manifest.exists():
+def test_repository_manifest_reads_the_same_as_tenexa_manifest():
+    path = REPO_ROOT / "models.json"
+    if not path.exists():
         pytest.skip("models.json not in the repository yet (owned by the workflows issue); add it to run this check")
-    entries = provision.load_manifest(manifest)
-    assert entries, "models.json lists no models"
-    assert len({e.name for e in entries}) == len(entries), "duplicate model names"
+    assert provision.load_manifest(path) == list(manifest.load_manifest(path))
