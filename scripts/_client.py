@@ -16,8 +16,9 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
+from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -48,7 +49,7 @@ USER_AGENT = "tenexa-client/1"
 class ClientError(Exception):
     """A problem on the way to a job result (exit 2). ``kind`` is a short word scripts can match."""
 
-    def __init__(self, kind: str, message: str, job_id: Optional[str] = None):
+    def __init__(self, kind: str, message: str, job_id: str | None = None):
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -58,7 +59,7 @@ class ClientError(Exception):
 class Interrupted(Exception):
     """Ctrl-C; ``message`` says what happened to the remote job."""
 
-    def __init__(self, message: str, job_id: Optional[str] = None):
+    def __init__(self, message: str, job_id: str | None = None):
         super().__init__(message)
         self.message = message
         self.job_id = job_id
@@ -66,10 +67,10 @@ class Interrupted(Exception):
 
 # --- secrets: nothing we print may contain the API key -------------------------------------------
 
-_SECRETS: List[str] = []
+_SECRETS: list[str] = []
 
 
-def register_secret(value: Optional[str]) -> None:
+def register_secret(value: str | None) -> None:
     if value and len(value) >= 4 and value not in _SECRETS:
         _SECRETS.append(value)
 
@@ -80,7 +81,7 @@ def redact(text: str) -> str:
     return text
 
 
-def say(text: str = "", stream: Optional[TextIO] = None) -> None:
+def say(text: str = "", stream: TextIO | None = None) -> None:
     """Print one line (redacted) to stdout, or to ``stream``."""
     stream = stream or sys.stdout
     stream.write(redact(text) + "\n")
@@ -182,7 +183,7 @@ def _body_excerpt(response: requests.Response) -> str:
 class Api:
     """One endpoint, one session: auth header, timeouts, 429 backoff and one-line errors."""
 
-    def __init__(self, endpoint: Endpoint, api_key: Optional[str], *, on_notice: Callable[[str], None] = warn,
+    def __init__(self, endpoint: Endpoint, api_key: str | None, *, on_notice: Callable[[str], None] = warn,
                  sleep: Callable[[float], None] = time.sleep):
         self.endpoint = endpoint
         self.session = requests.Session()
@@ -193,8 +194,8 @@ class Api:
         self._notice = on_notice
         self._sleep = sleep
 
-    def call(self, method: str, path: str, *, body: Any = None, params: Optional[dict] = None,
-             timeout: float = 30.0, retry_transient: bool = False, max_rate_retries: int = 6) -> Dict[str, Any]:
+    def call(self, method: str, path: str, *, body: Any = None, params: dict | None = None,
+             timeout: float = 30.0, retry_transient: bool = False, max_rate_retries: int = 6) -> dict[str, Any]:
         """Send one request and return its JSON object, or raise :class:`ClientError`.
 
         429 is always retried with backoff (RunPod rejected the request, so a retry cannot double it);
@@ -210,16 +211,16 @@ class Api:
                     transient_retries += 1
                     self._notice(f"no reply from {self.endpoint.host} ({_network_reason(exc)}), retrying")
                     continue
-                raise ClientError("network", f"no reply from {self.endpoint.host} within {timeout:.0f}s ({method} {path})")
+                raise ClientError("network", f"no reply from {self.endpoint.host} within {timeout:.0f}s ({method} {path})") from None
             except requests.ConnectionError as exc:
                 if retry_transient and transient_retries < 3:
                     transient_retries += 1
                     self._notice(f"cannot reach {self.endpoint.host} ({_network_reason(exc)}), retrying in 2s")
                     self._sleep(2.0)
                     continue
-                raise ClientError("network", f"cannot reach {self.endpoint.url('')}: {_network_reason(exc)}")
+                raise ClientError("network", f"cannot reach {self.endpoint.url('')}: {_network_reason(exc)}") from None
             except requests.RequestException as exc:
-                raise ClientError("network", f"request to {self.endpoint.host} failed: {_network_reason(exc)}")
+                raise ClientError("network", f"request to {self.endpoint.host} failed: {_network_reason(exc)}") from None
 
             code = response.status_code
             if code == 429 and rate_retries < max_rate_retries:
@@ -235,7 +236,7 @@ class Api:
                 continue
             return self._decode(response, method, path)
 
-    def _decode(self, response: requests.Response, method: str, path: str) -> Dict[str, Any]:
+    def _decode(self, response: requests.Response, method: str, path: str) -> dict[str, Any]:
         code = response.status_code
         where = f"{method} {path}"
         if code in (401, 403):
@@ -254,7 +255,7 @@ class Api:
         try:
             data = response.json()
         except ValueError:
-            raise ClientError("protocol", f"{where} on {self.endpoint.host} did not answer JSON: {_body_excerpt(response)}")
+            raise ClientError("protocol", f"{where} on {self.endpoint.host} did not answer JSON: {_body_excerpt(response)}") from None
         if not isinstance(data, dict):
             raise ClientError("protocol", f"{where} on {self.endpoint.host} answered {type(data).__name__}, not an object")
         return data
@@ -270,7 +271,7 @@ def _retry_after(response: requests.Response, default: float) -> float:
 # --- formatting --------------------------------------------------------------------------------
 
 
-def fmt_duration(seconds: Optional[float]) -> str:
+def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = max(0.0, float(seconds))
@@ -283,7 +284,7 @@ def fmt_duration(seconds: Optional[float]) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
-def fmt_bytes(count: Optional[float]) -> str:
+def fmt_bytes(count: float | None) -> str:
     if count is None:
         return "-"
     value = float(count)
@@ -297,7 +298,7 @@ def fmt_bytes(count: Optional[float]) -> str:
 # --- progress display ----------------------------------------------------------------------------
 
 
-def describe_progress(output: Any) -> Tuple[str, str, Optional[float]]:
+def describe_progress(output: Any) -> tuple[str, str, float | None]:
     """(phase, detail, percent) for a progress payload; tolerant of anything JSON.
 
     The worker sends ``{"phase","step","total","percent","eta_s","node"}``; other shapes are shown
@@ -307,7 +308,7 @@ def describe_progress(output: Any) -> Tuple[str, str, Optional[float]]:
         return "", "", None
     if isinstance(output, dict) and ("phase" in output or "percent" in output):
         phase = str(output.get("phase") or "").replace("_", " ")
-        details: List[str] = []
+        details: list[str] = []
         step, total = output.get("step"), output.get("total")
         if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total:
             details.append(f"step {int(step)}/{int(total)}")
@@ -324,7 +325,7 @@ def describe_progress(output: Any) -> Tuple[str, str, Optional[float]]:
     return one_line(text, 60), "", None
 
 
-def progress_bar(percent: Optional[float], width: int = 20) -> str:
+def progress_bar(percent: float | None, width: int = 20) -> str:
     if percent is None:
         return ""
     filled = int(round(width * percent / 100.0))
@@ -338,7 +339,7 @@ class ProgressDisplay:
     changes, every 10 percent, or every 30 s (logs, CI, pipes). ``none``: silent.
     """
 
-    def __init__(self, mode: str = "auto", stream: Optional[TextIO] = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic):
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "plain"
@@ -346,22 +347,22 @@ class ProgressDisplay:
         self.clock = clock
         self.started = clock()
         self._lock = threading.Lock()
-        self._last_key: Optional[Tuple[str, str]] = None
+        self._last_key: tuple[str, str] | None = None
         self._last_bucket = -1
         self._last_line_at = 0.0
         self._state = ""
         self._phase = ""
         self._detail = ""
-        self._percent: Optional[float] = None
+        self._percent: float | None = None
         self._extra = ""
         self._drawn = False
-        self._ticker: Optional[threading.Thread] = None
+        self._ticker: threading.Thread | None = None
         self._ticking = threading.Event()
 
     def elapsed(self) -> float:
         return self.clock() - self.started
 
-    def update(self, reply: Dict[str, Any], extra: str = "") -> None:
+    def update(self, reply: dict[str, Any], extra: str = "") -> None:
         status = str(reply.get("status") or "?")
         phase, detail, percent = "", "", None
         if status in ("IN_PROGRESS", "RUNNING"):
@@ -447,10 +448,10 @@ _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{1,63}")
 class Failure:
     code: str
     message: str
-    logs_tail: List[str] = field(default_factory=list)
+    logs_tail: list[str] = field(default_factory=list)
 
 
-def split_error(error: str) -> Tuple[Optional[str], str, List[str]]:
+def split_error(error: str) -> tuple[str | None, str, list[str]]:
     """``"CODE: message"`` → (code, message, []). The SDK's JSON error for a raised exception →
     (exception class, its message, last traceback lines). Anything else → (None, text, [])."""
     text = error.strip()
@@ -470,7 +471,7 @@ def split_error(error: str) -> Tuple[Optional[str], str, List[str]]:
     return None, text, []
 
 
-def _lines(value: Any) -> List[str]:
+def _lines(value: Any) -> list[str]:
     if isinstance(value, str):
         return value.rstrip("\n").splitlines()
     if isinstance(value, list):
@@ -478,7 +479,7 @@ def _lines(value: Any) -> List[str]:
     return []
 
 
-def parse_failure(reply: Dict[str, Any]) -> Failure:
+def parse_failure(reply: dict[str, Any]) -> Failure:
     """Code, message and logs tail of a FAILED / CANCELLED / TIMED_OUT reply (or a failed output)."""
     output = reply.get("output") if isinstance(reply.get("output"), dict) else {}
     code = output.get("error_code") or None
@@ -501,7 +502,7 @@ def parse_failure(reply: Dict[str, Any]) -> Failure:
     return Failure(str(code or default_code), str(message or default_message), logs)
 
 
-def print_failure(reply: Dict[str, Any], elapsed: float) -> None:
+def print_failure(reply: dict[str, Any], elapsed: float) -> None:
     failure = parse_failure(reply)
     status = reply.get("status") or "FAILED"
     say(f"Job {reply.get('id', '?')} {status} after {fmt_duration(elapsed)}")
@@ -539,7 +540,7 @@ class JobRunner:
         self.options = options
         self.display = display
         self.clock = clock
-        self.job_id: Optional[str] = None
+        self.job_id: str | None = None
         self.started = clock()
 
     @property
@@ -552,19 +553,19 @@ class JobRunner:
     def remaining(self) -> float:
         return self.options.timeout - self.elapsed()
 
-    def run(self, job_input: Dict[str, Any]) -> Dict[str, Any]:
+    def run(self, job_input: dict[str, Any]) -> dict[str, Any]:
         """The final status reply (``status`` in FINAL_STATES). Ctrl-C and --timeout cancel the job."""
         self.started = self.clock()
         try:
             reply = self._run_local(job_input) if self.local else self._run_runpod(job_input)
         except KeyboardInterrupt:
             self.display.finish()
-            raise Interrupted(self._abort("interrupted"), self.job_id)
+            raise Interrupted(self._abort("interrupted"), self.job_id) from None
         finally:
             self.display.finish()
         return reply
 
-    def _run_runpod(self, job_input: Dict[str, Any]) -> Dict[str, Any]:
+    def _run_runpod(self, job_input: dict[str, Any]) -> dict[str, Any]:
         body = {"input": job_input}
         if self.options.sync:
             wait_ms = int(min(max(round(self.remaining()) * 1000, RUNSYNC_WAIT_MS[0]), RUNSYNC_WAIT_MS[1]))
@@ -595,7 +596,7 @@ class JobRunner:
                 exc.job_id = self.job_id
                 raise
 
-    def _submit(self, path: str, body: Dict[str, Any], params: Optional[dict], timeout: float) -> Dict[str, Any]:
+    def _submit(self, path: str, body: dict[str, Any], params: dict | None, timeout: float) -> dict[str, Any]:
         try:
             reply = self.api.call("POST", path, body=body, params=params, timeout=timeout)
         except ClientError as exc:
@@ -627,7 +628,7 @@ class JobRunner:
             bits.append(", ".join(f"{count} {name}" for name, count in workers.items()) + " workers")
         return "(" + "; ".join(bits) + ")" if bits else ""
 
-    def _run_local(self, job_input: Dict[str, Any]) -> Dict[str, Any]:
+    def _run_local(self, job_input: dict[str, Any]) -> dict[str, Any]:
         body = {"input": job_input}
         timeout = max(1.0, self.remaining())
         try:
@@ -647,7 +648,7 @@ class JobRunner:
         except ClientError as exc:
             if exc.kind == "network" and "no reply" in exc.message:
                 raise ClientError("timeout", f"no result within --timeout {self.options.timeout:g}s; the local API "
-                                             "cannot cancel, the job keeps running in the dev server", self.job_id)
+                                             "cannot cancel, the job keeps running in the dev server", self.job_id) from None
             exc.job_id = self.job_id
             raise
         self.display.update(reply)
@@ -706,7 +707,7 @@ def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
     return value
@@ -729,11 +730,11 @@ def print_json(data: Any) -> None:
     say(json.dumps(data, indent=2, sort_keys=False))
 
 
-def client_error_json(exc: ClientError) -> Dict[str, Any]:
+def client_error_json(exc: ClientError) -> dict[str, Any]:
     return {"client_error": {"kind": exc.kind, "message": redact(exc.message), "job_id": exc.job_id}}
 
 
-def run_main(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call ``main`` and turn client errors and Ctrl-C into one line and an exit code (no tracebacks)."""
     json_mode = "--json" in (sys.argv[1:] if argv is None else argv)
     try:

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # find _client from any working directory
 
@@ -46,11 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 # --- rendering helpers: every value may be missing or oddly shaped -----------------------------------
 
 
-def _dict(value: Any) -> Dict[str, Any]:
+def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> List[Any]:
+def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
@@ -98,11 +98,11 @@ def row(name: str, value: Any, indent: int = 2) -> None:
     say(f"{' ' * indent}{name:<22} {value if isinstance(value, str) else show(value)}")
 
 
-def mark(ok: Optional[bool]) -> str:
+def mark(ok: bool | None) -> str:
     return "OK  " if ok else ("FAIL" if ok is False else "?   ")
 
 
-def pair(device: Dict[str, Any], base: str) -> Optional[str]:
+def pair(device: dict[str, Any], base: str) -> str | None:
     """"free / total" from ``<base>_free``/``<base>_total`` (bytes) or ``..._gb`` (GB)."""
     for unit in ("", "_gb"):
         free, total = device.get(f"{base}_free{unit}"), device.get(f"{base}_total{unit}")
@@ -117,7 +117,7 @@ SECTION_KEYS = {"status", "comfyui_reachable", "comfyui_url", "system", "disk", 
                 "node_check", "workflow_checks", "settings", "selftest", "healthy", "handler_version", "comfyui_up", "seconds"}
 
 
-def render_comfyui(report: Dict[str, Any]) -> None:
+def render_comfyui(report: dict[str, Any]) -> None:
     system = _dict(report.get("system"))
     heading("ComfyUI")
     row("reachable", mark(report.get("comfyui_reachable", report.get("comfyui_up"))).strip())
@@ -133,7 +133,7 @@ def render_comfyui(report: Dict[str, Any]) -> None:
         row("handler version", report["handler_version"])
 
 
-def render_gpu(report: Dict[str, Any]) -> None:
+def render_gpu(report: dict[str, Any]) -> None:
     heading("GPU and VRAM")
     system = _dict(report.get("system"))
     devices = _list(system.get("devices"))
@@ -151,7 +151,7 @@ def render_gpu(report: Dict[str, Any]) -> None:
         row("ram free / total", ram)
 
 
-def render_disk(report: Dict[str, Any]) -> None:
+def render_disk(report: dict[str, Any]) -> None:
     heading("Disk and volume")
     disk = report.get("disk")
     if isinstance(disk, dict):
@@ -169,7 +169,7 @@ def render_disk(report: Dict[str, Any]) -> None:
     row("volume mounted", report.get("volume_mounted"))
 
 
-def render_models(report: Dict[str, Any]) -> None:
+def render_models(report: dict[str, Any]) -> None:
     heading("Models")
     manifest = _dict(report.get("manifest"))
     present, missing = _list(manifest.get("present")), _list(manifest.get("missing"))
@@ -197,7 +197,7 @@ def render_models(report: Dict[str, Any]) -> None:
         row("models", "not reported")
 
 
-def render_nodes(report: Dict[str, Any]) -> None:
+def render_nodes(report: dict[str, Any]) -> None:
     heading("Nodes")
     nodes = _dict(report.get("node_check"))
     if not nodes:
@@ -210,7 +210,7 @@ def render_nodes(report: Dict[str, Any]) -> None:
     row("required missing", show(_list(nodes.get("required_missing"))))
 
 
-def _workflow_ok(check: Dict[str, Any]) -> Optional[bool]:
+def _workflow_ok(check: dict[str, Any]) -> bool | None:
     if "valid" in check:  # None: the worker could not check it (ComfyUI down), which is reported elsewhere
         return None if check["valid"] is None else bool(check["valid"])
     missing_models = any(_list(v) for v in _dict(check.get("missing_models")).values())
@@ -219,7 +219,7 @@ def _workflow_ok(check: Dict[str, Any]) -> Optional[bool]:
     return None
 
 
-def render_workflows(report: Dict[str, Any]) -> None:
+def render_workflows(report: dict[str, Any]) -> None:
     heading("Workflows")
     checks = _dict(report.get("workflow_checks"))
     if not checks:
@@ -242,7 +242,7 @@ def render_workflows(report: Dict[str, Any]) -> None:
             say(f"        error: {one_line(error, 200)}")
 
 
-def render_settings(report: Dict[str, Any]) -> None:
+def render_settings(report: dict[str, Any]) -> None:
     heading("Effective settings")
     settings = _dict(report.get("settings"))
     if not settings:
@@ -255,7 +255,7 @@ def _selftest_ok(selftest: Any) -> bool:
     return bool(selftest.get("ok")) if isinstance(selftest, dict) else bool(selftest)
 
 
-def render_selftest(report: Dict[str, Any]) -> None:
+def render_selftest(report: dict[str, Any]) -> None:
     if "selftest" not in report:
         return
     heading("Selftest")
@@ -273,7 +273,7 @@ def render_selftest(report: Dict[str, Any]) -> None:
         row("error", one_line(code + str(data["error"]), 200))
 
 
-def render_other(report: Dict[str, Any]) -> None:
+def render_other(report: dict[str, Any]) -> None:
     other = {key: value for key, value in report.items() if key not in SECTION_KEYS}
     if other:
         heading("Other")
@@ -281,9 +281,9 @@ def render_other(report: Dict[str, Any]) -> None:
             row(key, value)
 
 
-def find_problems(report: Dict[str, Any]) -> List[str]:
+def find_problems(report: dict[str, Any]) -> list[str]:
     """Everything in a diagnose report that makes the worker degraded, one line each."""
-    problems: List[str] = []
+    problems: list[str] = []
     if report.get("comfyui_reachable", report.get("comfyui_up")) is False:
         problems.append("ComfyUI not reachable")
     missing = _list(_dict(report.get("manifest")).get("missing"))
@@ -300,7 +300,7 @@ def find_problems(report: Dict[str, Any]) -> List[str]:
     return problems
 
 
-def assess_report(report: Dict[str, Any]) -> Tuple[bool, List[str]]:
+def assess_report(report: dict[str, Any]) -> tuple[bool, list[str]]:
     """(healthy, problems). The worker's own ``healthy`` decides when present (it knows which checks
     are optional); otherwise any problem found here means degraded."""
     problems = find_problems(report)
@@ -310,12 +310,12 @@ def assess_report(report: Dict[str, Any]) -> Tuple[bool, List[str]]:
     return healthy, problems
 
 
-def assess_test(report: Dict[str, Any]) -> bool:
+def assess_test(report: dict[str, Any]) -> bool:
     ok = report.get("ok")
     return ok if isinstance(ok, bool) else bool(report.get("comfyui_up"))
 
 
-def render_report(report: Dict[str, Any]) -> bool:
+def render_report(report: dict[str, Any]) -> bool:
     """Print the full report in sections and a verdict; return healthy."""
     render_comfyui(report)
     render_gpu(report)
@@ -334,7 +334,7 @@ def render_report(report: Dict[str, Any]) -> bool:
     return healthy
 
 
-def render_test(report: Dict[str, Any]) -> bool:
+def render_test(report: dict[str, Any]) -> bool:
     ok = assess_test(report)
     say(f"Health check: {'OK' if ok else 'DEGRADED'}")
     row("comfyui up", report.get("comfyui_up"))
@@ -347,9 +347,9 @@ def render_test(report: Dict[str, Any]) -> bool:
     return ok
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    job_input: Dict[str, Any] = {"test": True} if args.test else {"diagnose": True}
+    job_input: dict[str, Any] = {"test": True} if args.test else {"diagnose": True}
     if args.selftest:
         job_input["selftest"] = True
     runner = client.connect(args)

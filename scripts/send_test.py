@@ -19,14 +19,13 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # find _client from any working directory
 
-import requests  # noqa: E402
-
 import _client as client  # noqa: E402
+import requests  # noqa: E402
 from _client import ClientError, fmt_bytes, fmt_duration, say  # noqa: E402
 
 # flag -> (input key, type, help). Only flags the user passes are sent; the worker fills in the rest.
@@ -75,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def image_field(value: str, prefix: str) -> Dict[str, str]:
+def image_field(value: str, prefix: str) -> dict[str, str]:
     """``{prefix_url: URL}`` for http(s) URLs, else ``{prefix_base64: <file contents>}``."""
     if value.startswith(("http://", "https://")):
         return {f"{prefix}_url": value}
@@ -85,8 +84,8 @@ def image_field(value: str, prefix: str) -> Dict[str, str]:
     return {f"{prefix}_base64": base64.b64encode(path.read_bytes()).decode("ascii")}
 
 
-def parse_set(items: List[str]) -> Dict[str, Any]:
-    extra: Dict[str, Any] = {}
+def parse_set(items: list[str]) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -98,8 +97,8 @@ def parse_set(items: List[str]) -> Dict[str, Any]:
     return extra
 
 
-def build_input(args: argparse.Namespace) -> Dict[str, Any]:
-    job_input: Dict[str, Any] = {}
+def build_input(args: argparse.Namespace) -> dict[str, Any]:
+    job_input: dict[str, Any] = {}
     job_input.update(image_field(args.image, "image"))
     if args.end_image:
         job_input.update(image_field(args.end_image, "end_image"))
@@ -126,7 +125,7 @@ def elide_images(data: Any) -> Any:
     return data
 
 
-def check_body_size(job_input: Dict[str, Any], runner: client.JobRunner) -> None:
+def check_body_size(job_input: dict[str, Any], runner: client.JobRunner) -> None:
     if runner.local:
         return
     size = len(json.dumps({"input": job_input}))
@@ -163,7 +162,7 @@ def _write_atomically(path: Path, chunks: Any) -> int:
     return written
 
 
-def save_video(output: Dict[str, Any], path: Path) -> int:
+def save_video(output: dict[str, Any], path: Path) -> int:
     """Write the MP4 from ``video_base64`` or ``video_url``; return its size in bytes."""
     if isinstance(output.get("video_base64"), str):
         text = output["video_base64"]
@@ -172,7 +171,7 @@ def save_video(output: Dict[str, Any], path: Path) -> int:
         try:
             data = base64.b64decode(text, validate=False)
         except ValueError as exc:
-            raise ClientError("protocol", f"video_base64 is not valid base64: {exc}")
+            raise ClientError("protocol", f"video_base64 is not valid base64: {exc}") from None
         return _write_atomically(path, [data])
     url = output.get("video_url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -185,10 +184,10 @@ def save_video(output: Dict[str, Any], path: Path) -> int:
                                   + (" (the presigned URL may have expired)" if response.status_code in (403, 404) else ""))
             return _write_atomically(path, response.iter_content(chunk_size=1 << 20))
     except requests.RequestException as exc:
-        raise ClientError("download", f"downloading {_strip_query(url)} failed: {client._network_reason(exc)}")
+        raise ClientError("download", f"downloading {_strip_query(url)} failed: {client._network_reason(exc)}") from None
 
 
-def verify_sha256(output: Dict[str, Any], path: Path) -> str:
+def verify_sha256(output: dict[str, Any], path: Path) -> str:
     """"verified" or "not provided"; a mismatch is a protocol error (the file is not what the worker made)."""
     metadata = output.get("metadata") if isinstance(output.get("metadata"), dict) else {}
     expected = metadata.get("sha256")
@@ -200,7 +199,7 @@ def verify_sha256(output: Dict[str, Any], path: Path) -> str:
     return "verified"
 
 
-def report_success(reply: Dict[str, Any], path: Path, size: int, sha_check: str, elapsed: float) -> None:
+def report_success(reply: dict[str, Any], path: Path, size: int, sha_check: str, elapsed: float) -> None:
     output = reply["output"]
     timings = output.get("timings") if isinstance(output.get("timings"), dict) else {}
     timing_text = ", ".join(f"{(name[:-2] if name.endswith('_s') else name).replace('_', ' ')} {fmt_duration(value)}"
@@ -232,7 +231,7 @@ def is_failed_output(output: Any) -> bool:
     return isinstance(output, dict) and (output.get("status") == "failed" or "error_code" in output)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     job_input = build_input(args)
     if args.dry_run:

@@ -12,7 +12,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 ENDPOINT_ID = "standin-ep"
@@ -22,8 +22,8 @@ ENDPOINT_ID = "standin-ep"
 class Recorded:
     method: str
     path: str
-    query: Dict[str, List[str]]
-    headers: Dict[str, str]
+    query: dict[str, list[str]]
+    headers: dict[str, str]
     body: Any
 
 
@@ -38,12 +38,12 @@ class Scenario:
     ``files``: extra paths (outside /v2) served as raw bytes, e.g. a presigned video URL.
     """
 
-    statuses: List[Dict[str, Any]] = field(default_factory=lambda: [{"status": "IN_QUEUE"}])
-    api_key: Optional[str] = None
+    statuses: list[dict[str, Any]] = field(default_factory=lambda: [{"status": "IN_QUEUE"}])
+    api_key: str | None = None
     rate_limit_first: int = 0
-    runsync_reply: Optional[Dict[str, Any]] = None
-    files: Dict[str, bytes] = field(default_factory=dict)
-    health: Dict[str, Any] = field(default_factory=lambda: {
+    runsync_reply: dict[str, Any] | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=lambda: {
         "jobs": {"completed": 0, "failed": 0, "inProgress": 0, "inQueue": 1, "retried": 0},
         "workers": {"idle": 0, "running": 1}})
 
@@ -51,8 +51,8 @@ class Scenario:
 class RunPodStandIn:
     def __init__(self, scenario: Scenario):
         self.scenario = scenario
-        self.requests: List[Recorded] = []
-        self.polls: Dict[str, int] = {}
+        self.requests: list[Recorded] = []
+        self.polls: dict[str, int] = {}
         self.cancelled: set = set()
         self._lock = threading.Lock()
         self._job_counter = 0
@@ -73,7 +73,7 @@ class RunPodStandIn:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     # -- lifecycle --
-    def start(self) -> "RunPodStandIn":
+    def start(self) -> RunPodStandIn:
         self.thread.start()
         return self
 
@@ -92,11 +92,11 @@ class RunPodStandIn:
     def wait_for_status_poll(self, timeout: float = 10.0) -> bool:
         return self._status_seen.wait(timeout)
 
-    def paths(self, method: Optional[str] = None) -> List[str]:
+    def paths(self, method: str | None = None) -> list[str]:
         return [r.path for r in self.requests if method is None or r.method == method]
 
     # -- serving --
-    def _reply(self, http: BaseHTTPRequestHandler, code: int, body: Any, headers: Optional[Dict[str, str]] = None) -> None:
+    def _reply(self, http: BaseHTTPRequestHandler, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         http.send_response(code)
         http.send_header("Content-Type", "application/octet-stream" if isinstance(body, bytes) else "application/json")
@@ -106,7 +106,7 @@ class RunPodStandIn:
         http.end_headers()
         http.wfile.write(data)
 
-    def _status_reply(self, job_id: str) -> Dict[str, Any]:
+    def _status_reply(self, job_id: str) -> dict[str, Any]:
         with self._lock:
             if job_id in self.cancelled:
                 return {"id": job_id, "status": "CANCELLED"}

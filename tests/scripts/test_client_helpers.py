@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import io
 
-import pytest
-
 import _client as client
-
-pytestmark = pytest.mark.unit
+import pytest
 
 
 @pytest.mark.parametrize("text, base, local", [

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SECRET_KEY, free_port, run_script
+from client_harness import SECRET_KEY, free_port, run_script
 from runpod_standin import Scenario
 
-pytestmark = pytest.mark.e2e
 FAST = ("--poll", "0.05")
 
 FULL_REPORT = {

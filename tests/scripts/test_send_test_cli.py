@@ -8,14 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import (FAILED_REPLY, SCRIPTS, SECRET_KEY, free_port, probe_mp4, run_script, script_env,
-                      success_output, success_statuses)
+from client_harness import FAILED_REPLY, SCRIPTS, SECRET_KEY, free_port, probe_mp4, run_script, script_env, success_output, success_statuses
 from runpod_standin import Scenario
 
-pytestmark = pytest.mark.e2e
 FAST = ("--poll", "0.05")
 
 
