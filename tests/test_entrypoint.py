@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -169,8 +171,6 @@ class Layout:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -416,3 +416,36 @@ def test_extra_model_paths_covers_every_manifest_folder_in_image_and_volume():
         for folder in listed:
             assert isinstance(section[folder], str), f"{name}.{folder}: ComfyUI wants a string (one path per line)"
             assert folder in section[folder].split(), f"{name}.{folder} does not include its own folder name"
+
+
+# --- stack.lock is the one truth for versions -------------------------------------------------------------
+
+
+def _stack_lock() -> dict[str, str]:
+    pairs = {}
+    for line in (REPO_ROOT / "stack.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key] = value
+    return pairs
+
+
+def test_stack_lock_sources_in_bash_to_the_same_values():
+    lock = _stack_lock()
+    script = f". {REPO_ROOT / 'stack.lock'} && " + " && ".join(f'printf "%s=%s\\n" {k} "${k}"' for k in lock)
+    result = subprocess.run(["bash", "-euc", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert dict(line.split("=", 1) for line in result.stdout.splitlines()) == lock
+    for key in ("COMFYUI", "WANVIDEOWRAPPER", "VHS", "KJNODES", "SAGEATTENTION"):
+        assert len(lock[f"{key}_COMMIT"]) == 40 and lock[f"{key}_REPO"].startswith("https://github.com/")
+
+
+def test_dockerfile_arg_defaults_equal_stack_lock():
+    lock = _stack_lock()
+    defaults: dict[str, set[str]] = {}
+    for name, value in re.findall(r"^ARG ([A-Z_]+)=(\S+)$", (REPO_ROOT / "Dockerfile").read_text(), re.M):
+        defaults.setdefault(name, set()).add(value)
+    missing = sorted(set(lock) - set(defaults))
+    assert not missing, f"stack.lock keys without an ARG in the Dockerfile: {missing}"
+    drift = {k: (sorted(defaults[k]), lock[k]) for k in lock if defaults[k] != {lock[k]}}
+    assert not drift, f"Dockerfile ARG defaults differ from stack.lock: {drift}"
