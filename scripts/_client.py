@@ -572,6 +572,7 @@ class JobRunner:
             reply = self._submit("/runsync", body, params={"wait": wait_ms}, timeout=wait_ms / 1000 + 30)
         else:
             reply = self._submit("/run", body, params=None, timeout=30)
+        self.display.start_ticker()  # keeps the elapsed time moving between polls (bar mode only)
         last_health = -1e9
         extra = ""
         while True:

@@ -64,7 +64,7 @@ def show(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(show(item) for item in value) if value else "(none)"
     if isinstance(value, dict):
-        return one_line(json.dumps(value, separators=(", ", ": ")), 160)
+        return one_line(", ".join(f"{key}={show(inner)}" for key, inner in value.items()), 160) or "(none)"
     return str(value)
 
 
