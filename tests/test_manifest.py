@@ -1,0 +1,80 @@
+"""The model manifest: format, defaults, and exact coverage of what the workflows reference."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tenexa import manifest, workflows
+from tenexa.manifest import ManifestError, parse_manifest
+
+HF_URL = re.compile(r"^https://huggingface\.co/[\w.-]+/[\w.-]+/resolve/main/\S+$")
+
+
+def raw_manifest() -> dict:
+    return json.loads(manifest.MANIFEST_PATH.read_text(encoding="utf-8"))
+
+
+def test_manifest_loads_with_valid_entries():
+    entries = manifest.load_manifest()
+    assert entries
+    for entry in entries:
+        assert entry.folder in manifest.FOLDERS
+        assert HF_URL.match(entry.url), entry.url
+        assert entry.url.endswith("/" + entry.file), "the downloaded file keeps its upstream name"
+        assert set(entry.workflows) <= set(workflows.WORKFLOWS), entry.workflows
+
+
+@pytest.mark.parametrize("workflow", sorted(workflows.WORKFLOWS))
+def test_workflow_file_references_are_exactly_the_manifest_entries(workflow):
+    from_manifest: dict[str, list[str]] = {}
+    for entry in manifest.entries_for(workflow):
+        from_manifest.setdefault(entry.folder, []).append(entry.file)
+    assert workflows.model_references(workflow) == {k: sorted(v) for k, v in sorted(from_manifest.items())}
+
+
+def test_default_loras_are_the_lightning_seko_files():
+    high, low = manifest.default_loras()
+    assert (high, low) == ("high_noise_model.safetensors", "low_noise_model.safetensors")
+    for name in (manifest.DEFAULT_LORA_HIGH_ENTRY, manifest.DEFAULT_LORA_LOW_ENTRY):
+        entry = manifest.entry(name)
+        assert entry.folder == "loras"
+        assert "lightx2v/Wan2.2-Lightning/resolve/main/Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1/" in entry.url
+        assert entry.size == 1_226_977_424
+
+
+def test_known_sizes_and_no_clip_vision():
+    files = {e.file for e in manifest.load_manifest()}
+    assert not any("clip_vision" in f for f in files), "Wan2.2 A14B ignores CLIP vision: no 1.26 GB download"
+
+
+def test_provision_reads_the_same_manifest():
+    from tenexa import provision
+
+    theirs = {(e.name, e.folder, e.file, e.url, e.size) for e in provision.load_manifest(manifest.MANIFEST_PATH)}
+    ours = {(e.name, e.folder, e.file, e.url, e.size) for e in manifest.load_manifest()}
+    assert theirs == ours
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda d: d.pop("models"), "models"),
+    (lambda d: d["models"][0].pop("url"), "url"),
+    (lambda d: d["models"][0].update(folder="checkpoints"), "folder"),
+    (lambda d: d["models"][0].update(file="../evil.safetensors"), "file"),
+    (lambda d: d["models"][0].update(size=-1), "size"),
+    (lambda d: d["models"][0].update(sha256="xyz"), "sha256"),
+    (lambda d: d["models"][0].update(url="http://example.com/a"), "url"),
+    (lambda d: d["models"].append(dict(d["models"][0])), "duplicate"),
+])
+def test_bad_manifests_are_refused(mutate, message):
+    data = raw_manifest()
+    mutate(data)
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(data)
+
+
+def test_unknown_entry_name():
+    with pytest.raises(ManifestError):
+        manifest.entry("no-such-model")

@@ -1,0 +1,374 @@
+"""The shipped workflows and their bindings: registry, binding table, bind() invariants, runtime settings.
+
+Graph facts are found by class_type and links (not node ids), so the invariants hold for any graph that
+keeps the same shape.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import string
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tenexa import workflows
+from tenexa.config import REPO_ROOT, ConfigError, load_settings
+from tenexa.request import DEFAULT_NEGATIVE_PROMPT, SCHEDULERS, WORKFLOW_NAMES, parse_generate
+from tenexa.validator import load_object_info, validate
+
+OBJECT_INFO = load_object_info()
+SETTINGS = load_settings({})
+CACHE_SETTINGS = load_settings({"TENEXA_TEXT_ENCODER": "cache", "TENEXA_ATTENTION": "sdpa", "TENEXA_VAE_PRECISION": "fp32"})
+PNG = "iVBORw0KGgo="  # located only, never decoded by parse_generate
+
+REQUEST_PARAMS = {
+    "start_image", "prompt", "negative_prompt", "seed", "steps", "high_steps", "cfg", "cfg_low", "frames", "width",
+    "height", "fps", "shift", "scheduler", "lora_high", "lora_high_strength", "lora_low", "lora_low_strength",
+    "output_prefix",
+}
+RUNTIME_PARAMS = {"attention_mode", "base_precision", "quantization", "load_device", "blocks_to_swap", "vae_precision",
+                  "use_disk_cache"}
+
+
+def request(workflow: str = "wan22_i2v", **fields):
+    data = {"workflow": workflow, "image_base64": PNG, **fields}
+    if workflow == "flf2v":
+        data.setdefault("end_image_base64", PNG)
+    return parse_generate(data)
+
+
+def bind(req, image_size=(832, 480), settings_=SETTINGS, prefix="job_1"):
+    return workflows.bind(req, image_size=image_size, settings=settings_, start_image="in/start.png",
+                          end_image="in/end.png" if req.workflow == "flf2v" else None, output_prefix=prefix)
+
+
+# ---------------------------------------------------------------------------------- graph helpers
+
+
+def nodes_of(graph: dict, class_type: str) -> dict[str, dict]:
+    return {nid: n for nid, n in graph.items() if n["class_type"] == class_type}
+
+
+def resolve(graph: dict, value):
+    """A literal, or the value of the INTConstant a link points at."""
+    if isinstance(value, list):
+        src = graph[value[0]]
+        assert src["class_type"] == "INTConstant", f"link to {src['class_type']} is not a constant"
+        return src["inputs"]["value"]
+    return value
+
+
+def upstream(graph: dict, nid: str) -> set[str]:
+    seen, stack = set(), [nid]
+    while stack:
+        cur = stack.pop()
+        if cur in seen:
+            continue
+        seen.add(cur)
+        stack.extend(v[0] for v in graph[cur]["inputs"].values() if isinstance(v, list))
+    return seen
+
+
+def samplers(graph: dict) -> tuple[dict, dict, str]:
+    """(HIGH sampler, LOW sampler, HIGH id): LOW is the one that continues from the other's samples."""
+    found = nodes_of(graph, "WanVideoSampler")
+    assert len(found) == 2
+    (low_id, low), = [(k, v) for k, v in found.items() if "samples" in v["inputs"]]
+    high_id = low["inputs"]["samples"][0]
+    assert low["inputs"]["samples"] == [high_id, 0]
+    return found[high_id], low, high_id
+
+
+def cfg_schedule(steps: int, start: float, end: float, start_percent: float, end_percent: float) -> list[float]:
+    """CreateCFGScheduleFloatList at the pinned WanVideoWrapper commit (linear)."""
+    cfg = [1.0] * steps
+    a, b = min(int(steps * start_percent), steps - 1), min(int(steps * end_percent), steps - 1)
+    for i in range(a, b + 1):
+        t = 0 if a == b else (i - a) / (b - a)
+        cfg[i] = start + (end - start) * t
+    return cfg
+
+
+# ---------------------------------------------------------------------------------- registry and tables
+
+
+def test_registry_covers_the_request_workflows_and_files_exist():
+    assert set(workflows.WORKFLOWS) == set(WORKFLOW_NAMES)
+    for name in workflows.WORKFLOWS:
+        assert workflows.workflow_path(name).is_file()
+        assert workflows.workflow_path(name).parent == REPO_ROOT
+
+
+@pytest.mark.parametrize("name", sorted(workflows.WORKFLOWS))
+def test_binding_table_covers_every_parameter_and_targets_literals(name):
+    spec = workflows.spec(name)
+    expected = REQUEST_PARAMS | RUNTIME_PARAMS | ({"end_image"} if spec.uses_end_image else set())
+    assert set(spec.bindings) == expected
+    graph = workflows.load_graph(name)
+    for param, targets in spec.bindings.items():
+        for target in targets:
+            node_id, _, input_name = target.partition(".")
+            assert node_id in graph, f"{param}: {target}"
+            assert input_name in graph[node_id]["inputs"], f"{param}: {target}"
+            assert not isinstance(graph[node_id]["inputs"][input_name], list), f"{param}: {target} is a link"
+    assert graph[spec.output_node]["class_type"] == "VHS_VideoCombine"
+    assert graph[spec.t5_loader]["class_type"] == "LoadWanVideoT5TextEncoder"
+    _, _, high_id = samplers(graph)
+    assert (spec.high_sampler, spec.low_sampler) == (high_id, spec.low_sampler)
+    assert "samples" in graph[spec.low_sampler]["inputs"]
+
+
+def test_original_node_ids_are_kept():
+    graph = workflows.load_graph("flf2v")
+    expected = {"244": "LoadImage", "617": "LoadImage", "541": "WanVideoImageToVideoEncode", "220": "WanVideoSampler",
+                "540": "WanVideoSampler", "131": "VHS_VideoCombine", "122": "WanVideoModelLoader",
+                "549": "WanVideoModelLoader", "569": "INTConstant", "575": "INTConstant",
+                "570": "CreateCFGScheduleFloatList", "612": "WanVideoDecode", "525": "WanVideoBlockSwap"}
+    assert {k: graph[k]["class_type"] for k in expected} == expected
+
+
+def test_graphs_drop_the_defects_of_the_original():
+    for name in workflows.WORKFLOWS:
+        classes = {n["class_type"] for n in workflows.load_graph(name).values()}
+        assert not classes & {"WanVideoEnhancedBlockSwap", "CLIPVisionLoader", "WanVideoClipVisionEncode",
+                              "WanVideoContextOptions"}
+        for node in nodes_of(workflows.load_graph(name), "WanVideoLoraSelectMulti").values():
+            assert node["inputs"]["merge_loras"] is False  # WanVideoSetLoRAs raises on merged LoRAs
+
+
+def test_fun_or_fl2v_model_is_explicit():
+    (i2v,) = nodes_of(workflows.load_graph("wan22_i2v"), "WanVideoImageToVideoEncode").values()
+    (flf,) = nodes_of(workflows.load_graph("flf2v"), "WanVideoImageToVideoEncode").values()
+    assert i2v["inputs"]["fun_or_fl2v_model"] is False and "end_image" not in i2v["inputs"]
+    assert flf["inputs"]["fun_or_fl2v_model"] is True and isinstance(flf["inputs"]["end_image"], list)
+
+
+def test_required_classes_are_all_recorded():
+    classes = workflows.required_classes()
+    assert "WanVideoSampler" in classes and "VHS_VideoCombine" in classes
+    assert set(classes) <= set(OBJECT_INFO)
+
+
+# ---------------------------------------------------------------------------------- bind
+
+
+def test_bind_writes_the_request_into_the_graph():
+    req = request("flf2v", prompt="a cat", seed=7, steps=8, frames=33, cfg=3.0, cfg_low=1.5, fps=24, shift=5.0,
+                  scheduler="euler", lora_high="mine.safetensors", lora_high_strength=0.5, lora_low="none")
+    bound = bind(req, image_size=(1920, 1080), prefix="job_x")
+    g, used = bound.graph, bound.used
+    assert used["width"] == 848 and used["height"] == 480 and used["frames"] == 33
+    assert used["steps"] == 8 and used["high_steps"] == used["split"] == 3 and used["low_steps"] == 5
+    assert used["lora_high"] == "mine.safetensors" and used["lora_low"] == "none"
+    (text,) = nodes_of(g, "WanVideoTextEncode").values()
+    assert text["inputs"]["positive_prompt"] == "a cat" and text["inputs"]["negative_prompt"] == DEFAULT_NEGATIVE_PROMPT
+    high, low, _ = samplers(g)
+    assert high["inputs"]["seed"] == low["inputs"]["seed"] == 7
+    assert high["inputs"]["scheduler"] == low["inputs"]["scheduler"] == "euler"
+    assert low["inputs"]["cfg"] == 1.5
+    (vhs,) = nodes_of(g, "VHS_VideoCombine").values()
+    assert vhs["inputs"]["frame_rate"] == 24.0 and vhs["inputs"]["filename_prefix"] == "job_x"
+    loras = {n["inputs"]["lora_0"]: n["inputs"]["strength_0"] for n in nodes_of(g, "WanVideoLoraSelectMulti").values()}
+    assert loras == {"mine.safetensors": 0.5, "none": 1.0}
+    assert "prompt" not in used and "negative_prompt" not in used
+
+
+def test_bind_uses_the_manifest_loras_by_default():
+    used = bind(request()).used
+    assert (used["lora_high"], used["lora_low"]) == ("high_noise_model.safetensors", "low_noise_model.safetensors")
+
+
+def test_bind_returns_a_fresh_copy_each_time():
+    a = bind(request(seed=1)).graph
+    b = bind(request(seed=2)).graph
+    assert a != b
+    assert workflows.load_graph("wan22_i2v") == json.loads(workflows.workflow_path("wan22_i2v").read_text())
+
+
+def test_text_encoder_modes():
+    g = bind(request()).graph
+    (text,) = nodes_of(g, "WanVideoTextEncode").values()
+    assert text["inputs"]["use_disk_cache"] is False and isinstance(text["inputs"]["t5"], list)
+    assert nodes_of(g, "LoadWanVideoT5TextEncoder")
+    g = bind(request(), settings_=CACHE_SETTINGS).graph
+    (text,) = nodes_of(g, "WanVideoTextEncode").values()
+    assert text["inputs"]["use_disk_cache"] is True and "t5" not in text["inputs"]
+    assert not nodes_of(g, "LoadWanVideoT5TextEncoder")
+    assert validate(g, OBJECT_INFO) == []
+
+
+def test_runtime_settings_reach_the_loaders():
+    s = load_settings({"TENEXA_ATTENTION": "sageattn", "TENEXA_BASE_PRECISION": "fp16", "TENEXA_QUANTIZATION": "disabled",
+                       "TENEXA_LOAD_DEVICE": "main_device", "TENEXA_BLOCKS_TO_SWAP": "20", "TENEXA_VAE_PRECISION": "fp32"})
+    g = bind(request(), settings_=s).graph
+    for loader in nodes_of(g, "WanVideoModelLoader").values():
+        i = loader["inputs"]
+        assert (i["attention_mode"], i["base_precision"], i["quantization"], i["load_device"]) == (
+            "sageattn", "fp16", "disabled", "main_device")
+        assert g[i["block_swap_args"][0]]["inputs"]["blocks_to_swap"] == 20
+    (vae,) = nodes_of(g, "WanVideoVAELoader").values()
+    assert vae["inputs"]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("env", [
+    {"TENEXA_ATTENTION": "fast"}, {"TENEXA_BASE_PRECISION": "int4"}, {"TENEXA_QUANTIZATION": "fp8_e4m3fn_fast"},
+    {"TENEXA_LOAD_DEVICE": "gpu"}, {"TENEXA_BLOCKS_TO_SWAP": "41"}, {"TENEXA_VAE_PRECISION": "fp8"},
+    {"TENEXA_TEXT_ENCODER": "clip"},
+])
+def test_bad_runtime_settings_are_refused_by_name(env):
+    s = load_settings(env)
+    (var,) = env
+    assert any(var in p for p in workflows.settings_problems(s))
+    with pytest.raises(ConfigError, match=var):
+        bind(request(), settings_=s)
+
+
+def test_end_image_must_match_the_workflow():
+    with pytest.raises(ValueError):
+        workflows.bind(request(), image_size=(64, 64), settings=SETTINGS, start_image="a", end_image="b", output_prefix="p")
+    with pytest.raises(ValueError):
+        workflows.bind(request("flf2v"), image_size=(64, 64), settings=SETTINGS, start_image="a", end_image=None,
+                       output_prefix="p")
+
+
+def test_resolve_attention(monkeypatch):
+    assert workflows.resolve_attention(load_settings({"TENEXA_ATTENTION": "flash_attn_3"})) == "flash_attn_3"
+    monkeypatch.setattr(workflows, "_probe_cache", [(True, "test")])
+    assert workflows.resolve_attention(SETTINGS) == "sageattn"
+    monkeypatch.setattr(workflows, "_probe_cache", [(False, "test")])
+    assert workflows.resolve_attention(SETTINGS) == "sdpa"
+
+
+def test_attention_probe_without_sageattention(monkeypatch):
+    monkeypatch.setattr(workflows.importlib.util, "find_spec", lambda name: None)
+    assert workflows._attention_probe() == (False, "sageattention is not importable")
+
+
+def test_attention_probe_without_torch_uses_device_nodes(monkeypatch):
+    monkeypatch.setattr(workflows.importlib.util, "find_spec", lambda name: None if name == "torch" else object())
+    monkeypatch.setattr(workflows.os.path, "exists", lambda path: path == "/dev/nvidia0")
+    ok, reason = workflows._attention_probe()
+    assert ok and "torch not in this process" in reason
+
+
+def test_runtime_report():
+    report = workflows.runtime_report(load_settings({"TENEXA_ATTENTION": "sdpa", "TENEXA_BLOCKS_TO_SWAP": "99"}))
+    assert report["attention_mode"]["resolved"] == "sdpa"
+    assert {"base_precision", "quantization", "load_device", "blocks_to_swap", "vae_precision", "text_encoder"} <= set(report)
+    assert any("TENEXA_BLOCKS_TO_SWAP" in p for p in report["problems"])
+
+
+# ---------------------------------------------------------------------------------- property test
+
+text = st.text(alphabet=string.ascii_letters + " ,.", max_size=60)
+requests_ = st.fixed_dictionaries(
+    {"workflow": st.sampled_from(WORKFLOW_NAMES), "seed": st.integers(0, 2**53 - 1), "steps": st.integers(2, 100),
+     "frames": st.integers(5, 241), "cfg": st.floats(1.0, 20.0), "cfg_low": st.floats(1.0, 20.0),
+     "fps": st.floats(1.0, 60.0), "shift": st.floats(0.5, 50.0), "scheduler": st.sampled_from(SCHEDULERS),
+     "prompt": text},
+    optional={"width": st.integers(64, 1920), "height": st.integers(64, 1920), "negative_prompt": text,
+              "lora_high": st.sampled_from(["none", "a.safetensors"]), "lora_low": st.sampled_from(["none", "b.safetensors"]),
+              "lora_high_strength": st.floats(-10, 10), "lora_low_strength": st.floats(-10, 10)},
+)
+runtime = st.fixed_dictionaries({
+    "TENEXA_ATTENTION": st.sampled_from(["sdpa", "sageattn", "comfy"]),
+    "TENEXA_TEXT_ENCODER": st.sampled_from(["t5", "cache"]),
+    "TENEXA_VAE_PRECISION": st.sampled_from(["bf16", "fp32"]),
+    "TENEXA_BLOCKS_TO_SWAP": st.integers(0, 40).map(str),
+})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fields=requests_, env=runtime, image=st.tuples(st.integers(16, 4000), st.integers(16, 4000)),
+       prefix=st.text(alphabet=string.ascii_lowercase + "_/", min_size=1, max_size=20))
+def test_bound_graph_invariants(fields, env, image, prefix):
+    fields = dict(fields)
+    workflow = fields.pop("workflow")
+    req = request(workflow, **fields)
+    bound = bind(req, image_size=image, settings_=load_settings(env), prefix=prefix)
+    g, used = bound.graph, bound.used
+
+    # the graph ComfyUI gets is valid for the pinned node packs
+    assert validate(g, OBJECT_INFO) == []
+
+    (encode,) = nodes_of(g, "WanVideoImageToVideoEncode").values()
+    frames = encode["inputs"]["num_frames"]
+    width, height = resolve(g, encode["inputs"]["width"]), resolve(g, encode["inputs"]["height"])
+    assert frames % 4 == 1 and frames == used["frames"] and abs(frames - req.frames) <= 2
+    assert width % 16 == 0 and height % 16 == 0 and (width, height) == (used["width"], used["height"])
+    for resize in nodes_of(g, "ImageResizeKJv2").values():  # every image is cropped to the same size
+        assert resize["inputs"]["width"] == encode["inputs"]["width"] and resize["inputs"]["height"] == encode["inputs"]["height"]
+        assert resize["inputs"]["keep_proportion"] == "crop" and resize["inputs"]["divisible_by"] == 16
+
+    high, low, high_id = samplers(g)
+    for key in ("steps", "shift", "scheduler", "seed"):
+        assert resolve(g, high["inputs"][key]) == resolve(g, low["inputs"][key]), key
+    assert high["inputs"]["steps"] == low["inputs"]["steps"] and isinstance(high["inputs"]["steps"], list)  # one constant
+    steps = resolve(g, high["inputs"]["steps"])
+    split = resolve(g, high["inputs"]["end_step"])
+    assert steps == req.steps == used["steps"]
+    assert 0 < split < steps and split == used["high_steps"]
+    assert high["inputs"]["start_step"] == 0 and low["inputs"]["end_step"] == -1
+    assert low["inputs"]["start_step"] == high["inputs"]["end_step"]  # the same split constant
+    assert resolve(g, high["inputs"]["seed"]) == req.seed
+    assert low["inputs"]["add_noise_to_samples"] is False
+
+    # each sampler runs its own expert
+    loaders = nodes_of(g, "WanVideoModelLoader")
+    high_loaders = [loaders[n]["inputs"]["model"] for n in upstream(g, high_id) if n in loaders]
+    low_loaders = [loaders[n]["inputs"]["model"] for n in upstream(g, bound.low_sampler) - upstream(g, high_id) if n in loaders]
+    assert len(high_loaders) == 1 and "HIGH" in high_loaders[0]
+    assert len(low_loaders) == 1 and "LOW" in low_loaders[0]
+
+    # CFG: a schedule linked to the steps constant, one value per step, cfg on the first HIGH step only
+    cfg_node = g[high["inputs"]["cfg"][0]]
+    assert cfg_node["class_type"] == "CreateCFGScheduleFloatList"
+    assert cfg_node["inputs"]["steps"] == high["inputs"]["steps"]
+    i = cfg_node["inputs"]
+    schedule = cfg_schedule(steps, i["cfg_scale_start"], i["cfg_scale_end"], i["start_percent"], i["end_percent"])
+    assert len(schedule) == steps and schedule[0] == req.cfg and schedule[1:] == [1.0] * (steps - 1)
+    assert low["inputs"]["cfg"] == req.cfg_low
+
+    # images: the start image always, the end image only in flf2v, both under the given names
+    images = {n["inputs"]["image"] for n in nodes_of(g, "LoadImage").values()}
+    if workflow == "flf2v":
+        assert images == {"in/start.png", "in/end.png"} and isinstance(encode["inputs"]["end_image"], list)
+        assert g[g[encode["inputs"]["end_image"][0]]["inputs"]["image"][0]]["inputs"]["image"] == "in/end.png"
+    else:
+        assert images == {"in/start.png"} and "end_image" not in encode["inputs"]
+    assert g[g[encode["inputs"]["start_image"][0]]["inputs"]["image"][0]]["inputs"]["image"] == "in/start.png"
+
+    (vhs,) = nodes_of(g, "VHS_VideoCombine").values()
+    assert vhs["inputs"]["filename_prefix"] == prefix and vhs["inputs"]["frame_rate"] == float(req.fps)
+    assert (vhs["inputs"]["format"], vhs["inputs"]["pix_fmt"]) == ("video/h264-mp4", "yuv420p")
+    assert used["attention_mode"] == env["TENEXA_ATTENTION"]
+    assert bool(nodes_of(g, "LoadWanVideoT5TextEncoder")) == (env["TENEXA_TEXT_ENCODER"] == "t5")
+
+
+# ---------------------------------------------------------------------------------- node ids live in one place
+
+
+def _node_ids() -> set[str]:
+    ids: set[str] = set()
+    for name in workflows.WORKFLOWS:
+        ids |= set(workflows.load_graph(name))
+    return ids
+
+
+def test_no_node_id_literal_outside_workflows_py():
+    """Node ids belong in the binding table: no string constant equal to a node id (or "id.input") elsewhere."""
+    ids = _node_ids()
+    offenders = []
+    for path in sorted((REPO_ROOT / "tenexa").rglob("*.py")) + [REPO_ROOT / "handler.py"]:
+        if path.name == "workflows.py" or not path.is_file():
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                head = node.value.split(".", 1)[0]
+                if head in ids and (node.value == head or node.value[len(head) + 1:].isidentifier()):
+                    offenders.append(f"{Path(path).relative_to(REPO_ROOT)}:{node.lineno}: {node.value!r}")
+    assert offenders == []
