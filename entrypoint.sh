@@ -254,7 +254,7 @@ start_comfy() {
 			comfy_log_tail
 			die 6 "ComfyUI (pid $COMFY_PID) did not answer $url within COMFY_READY_TIMEOUT=${COMFY_READY_TIMEOUT}s"
 		fi
-		nap 0.5
+		nap 0.25
 	done
 }
 
