@@ -196,3 +196,12 @@ def test_generate_path_on_cpu(comfy_server, cpu_settings, test_prompt, record_pr
         assert_both_experts_ran([(t, n) for t, n in client.results[-1].timeline if n], spec.high_sampler, spec.low_sampler)
         record_property(f"generate_{workflow}_s", round(elapsed, 1))
         print(f"\ngenerate {workflow}: {elapsed:.1f} s end to end")
+
+
+@pytest.mark.parametrize("workflow", ["wan22_i2v", "flf2v"])
+def test_shipped_workflows_validate_against_live_object_info(workflow, comfy_server):
+    """Live schemas, model files included: every name the graph uses is on the server (the manifest's names)."""
+    from tenexa.validator import validate
+
+    live = requests.get(f"{comfy_server.url}/object_info", timeout=60).json()
+    assert validate(workflows.load_graph(workflow), live, check_files=True) == []
