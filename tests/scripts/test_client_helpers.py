@@ -108,3 +108,18 @@ def test_fmt_helpers() -> None:
     assert client.fmt_duration(3725) == "1h 02m"
     assert client.fmt_bytes(512) == "512 B"
     assert client.fmt_bytes(3 * 1024 * 1024) == "3.00 MiB"
+
+
+def test_clients_doc_lists_every_flag_and_exit_code() -> None:
+    """docs/CLIENTS.md must not drift from the tools."""
+    import re
+    from pathlib import Path
+
+    import send_test
+
+    doc = (Path(client.__file__).resolve().parent.parent / "docs" / "CLIENTS.md").read_text()
+    for flag, key, _kind, _help in send_test.GENERATE_PARAMETERS:
+        assert f"`{flag}" in doc or f", `{flag}`" in doc, flag
+        assert f"`{key}`" in doc or f", `{key}`" in doc, key
+    codes = {int(code) for code in re.findall(r"^\| (\d+) \|", doc, re.M)}
+    assert codes == {client.EXIT_OK, client.EXIT_JOB_FAILED, client.EXIT_PROBLEM, client.EXIT_INTERRUPTED}
