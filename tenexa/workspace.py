@@ -25,7 +25,7 @@ class JobWorkspace:
         self.comfy_root = Path(comfy_root)
         self.input_subfolder = f"tenexa/{self.token}"
         self.output_prefix = f"tenexa/{self.token}/video"
-        self.scratch = Path(tempfile.mkdtemp(prefix="tenexa-"))
+        self.scratch = Path(tempfile.mkdtemp(prefix="tenexa-job-"))
 
     def input_name(self, filename: str) -> str:
         """The value a LoadImage node takes for a file uploaded into this job's subfolder."""
