@@ -449,3 +449,30 @@ def test_dockerfile_arg_defaults_equal_stack_lock():
     assert not missing, f"stack.lock keys without an ARG in the Dockerfile: {missing}"
     drift = {k: (sorted(defaults[k]), lock[k]) for k in lock if defaults[k] != {lock[k]}}
     assert not drift, f"Dockerfile ARG defaults differ from stack.lock: {drift}"
+
+
+# --- local serving and RunPod Hub files --------------------------------------------------------------------
+
+
+def test_docker_compose_serves_the_local_api_on_a_gpu_with_the_volume_layout():
+    compose = yaml.load((REPO_ROOT / "docker-compose.yml").read_text(), Loader=_UniqueKeyLoader)
+    service = compose["services"]["tenexa"]
+    assert "8000:8000" in service["ports"]
+    assert service["environment"]["SERVE_API_LOCALLY"] == "true"
+    assert any(v.endswith(":/runpod-volume") for v in service["volumes"])
+    assert service["environment"]["MODELS_DEST"] == "/runpod-volume"
+    assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_runpod_hub_files_follow_the_hub_schema_and_test_the_fast_mode():
+    hub = json.loads((REPO_ROOT / ".runpod" / "hub.json").read_text())
+    assert hub["type"] == "serverless" and hub["category"] == "video"
+    config = hub["config"]
+    assert config["runsOn"] == "GPU" and config["gpuCount"] == 1 and config["containerDiskInGb"] >= 80
+    documented = (REPO_ROOT / "docs" / "DEPLOYMENT.md").read_text()
+    for item in config["env"]:
+        assert f"`{item['key']}`" in documented, f"{item['key']} is offered on the Hub but not in docs/DEPLOYMENT.md"
+    tests = json.loads((REPO_ROOT / ".runpod" / "tests.json").read_text())
+    assert [t["input"] for t in tests["tests"]] == [{"test": True}]
+    assert all(isinstance(t["timeout"], int) and t["timeout"] >= 60_000 for t in tests["tests"]), "timeout is in ms"
+    assert isinstance(tests["config"]["gpuTypeId"], str) and "," not in tests["config"]["gpuTypeId"]
