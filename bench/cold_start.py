@@ -42,13 +42,25 @@ def free_port() -> int:
 
 def one_run(comfy_root: Path, comfy_python: str, handler_python: str, timeout: float) -> dict:
     comfy_port, api_port = free_port(), free_port()
-    env = {**os.environ, "COMFY_ROOT": str(comfy_root), "COMFY_PYTHON": comfy_python, "HANDLER_PYTHON": handler_python,
-           "ALLOW_CPU": "1", "MODELS": "none", "SERVE_API_LOCALLY": "true", "RP_API_HOST": "127.0.0.1",
-           "RP_API_PORT": str(api_port), "COMFY_PORT": str(comfy_port), "COMFY_READY_TIMEOUT": str(int(timeout)),
-           "RUNPOD_LOG_LEVEL": "WARN", "UVICORN_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "COMFY_ROOT": str(comfy_root),
+        "COMFY_PYTHON": comfy_python,
+        "HANDLER_PYTHON": handler_python,
+        "ALLOW_CPU": "1",
+        "MODELS": "none",
+        "SERVE_API_LOCALLY": "true",
+        "RP_API_HOST": "127.0.0.1",
+        "RP_API_PORT": str(api_port),
+        "COMFY_PORT": str(comfy_port),
+        "COMFY_READY_TIMEOUT": str(int(timeout)),
+        "RUNPOD_LOG_LEVEL": "WARN",
+        "UVICORN_LOG_LEVEL": "warning",
+    }
     t0 = time.monotonic()
-    proc = subprocess.Popen(["bash", str(REPO / "entrypoint.sh")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "entrypoint.sh")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     events: dict[str, float] = {}
     phases: dict[str, float] = {}
     lines: list[str] = []
@@ -95,8 +107,13 @@ def one_run(comfy_root: Path, comfy_python: str, handler_python: str, timeout: f
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    return {"events_s": {k: round(v, 2) for k, v in sorted(events.items(), key=lambda kv: kv[1])},
-            "phases_s": phases, "shutdown_s": round(stopped, 2), "exit_code": proc.returncode, "test_output": test_output}
+    return {
+        "events_s": {k: round(v, 2) for k, v in sorted(events.items(), key=lambda kv: kv[1])},
+        "phases_s": phases,
+        "shutdown_s": round(stopped, 2),
+        "exit_code": proc.returncode,
+        "test_output": test_output,
+    }
 
 
 def main() -> int:
@@ -109,20 +126,32 @@ def main() -> int:
     comfy_python = os.environ.get("COMFY_PYTHON") or str(cache / "venv" / "bin" / "python")
     handler_python = os.environ.get("HANDLER_PYTHON") or sys.executable
     if not (comfy_root / "main.py").is_file() or not Path(comfy_python).exists():
-        print(f"SKIPPED: no ComfyUI at COMFY_ROOT={comfy_root} run by COMFY_PYTHON={comfy_python}. Set both to a ComfyUI "
-              "checkout with the stack.lock packs and its venv (default location ~/.cache/tenexa/).")
+        print(
+            f"SKIPPED: no ComfyUI at COMFY_ROOT={comfy_root} run by COMFY_PYTHON={comfy_python}. Set both to a ComfyUI "
+            "checkout with the stack.lock packs and its venv (default location ~/.cache/tenexa/)."
+        )
         return 0
     runs = [one_run(comfy_root, comfy_python, handler_python, args.timeout) for _ in range(args.runs)]
 
     print(f"{'run':>3} {'ComfyUI ready':>14} {'handler ready':>14} {'comfy phase':>12} {'shutdown':>9} {'exit':>5}")
     for i, r in enumerate(runs, 1):
         e = r["events_s"]
-        print(f"{i:>3} {e['comfyui_ready']:>13.2f}s {e['handler_ready']:>13.2f}s {r['phases_s'].get('comfyui-ready', 0):>11.1f}s "
-              f"{r['shutdown_s']:>8.2f}s {r['exit_code']:>5}")
+        print(
+            f"{i:>3} {e['comfyui_ready']:>13.2f}s {e['handler_ready']:>13.2f}s {r['phases_s'].get('comfyui-ready', 0):>11.1f}s "
+            f"{r['shutdown_s']:>8.2f}s {r['exit_code']:>5}"
+        )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"cold_start-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-                               "comfy_root": str(comfy_root), "runs": runs}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+                "comfy_root": str(comfy_root),
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
     return 0
 

@@ -154,8 +154,16 @@ def main() -> int:
                             best = min(best, plain_download(base, files, dest))
                         else:
                             best = min(best, provisioner_download(base, files, dest, args.workers))
-                    rows.append({"mode": mode, "per_stream_cap_mib_s": cap or None, "files": len(files), "total_mib": total / 2**20,
-                                 "seconds": round(best, 3), "mib_s": round(total / 2**20 / best, 1)})
+                    rows.append(
+                        {
+                            "mode": mode,
+                            "per_stream_cap_mib_s": cap or None,
+                            "files": len(files),
+                            "total_mib": total / 2**20,
+                            "seconds": round(best, 3),
+                            "mib_s": round(total / 2**20 / best, 1),
+                        }
+                    )
             finally:
                 server.terminate()
                 server.join()
@@ -166,8 +174,16 @@ def main() -> int:
         print(f"{r['mode']:<24} {cap:>11} {r['files']:>5} {r['total_mib']:>7.0f} {r['seconds']:>8.2f} {r['mib_s']:>8.1f}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"download-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-                               "args": vars(args), "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+                "args": vars(args),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
     return 0
 

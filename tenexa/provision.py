@@ -265,7 +265,11 @@ class Downloader:
             raise _Retry(f"HTTP {code} {resp.reason}")
         hint = ""
         if code in (401, 403):
-            hint = "; set HF_TOKEN for a gated or private Hugging Face file" if not self.token else "; check that HF_TOKEN may read this repository"
+            hint = (
+                "; set HF_TOKEN for a gated or private Hugging Face file"
+                if not self.token
+                else "; check that HF_TOKEN may read this repository"
+            )
         raise ProvisionError(f"model {entry.name!r}: HTTP {code} {resp.reason} for {entry.url}{hint}")
 
     def _stream(self, entry: ModelEntry, resp: requests.Response, part: Path, mode: str, offset: int, total: int | None) -> int:
@@ -298,9 +302,7 @@ class Downloader:
             digest = sha256_of(part)
             if digest != entry.sha256:
                 part.unlink()
-                raise ProvisionError(
-                    f"model {entry.name!r}: sha256 mismatch, expected {entry.sha256}, got {digest}; partial file removed"
-                )
+                raise ProvisionError(f"model {entry.name!r}: sha256 mismatch, expected {entry.sha256}, got {digest}; partial file removed")
 
 
 # --- many files ---------------------------------------------------------------------------------------
@@ -361,8 +363,13 @@ def provision(
         outcome.seconds = time.monotonic() - t0
         with lock:
             if outcome.status == "downloaded":
-                log.info("%s: done, %s in %.1f s (%s)", outcome.entry.name, _gib(outcome.downloaded_bytes), outcome.seconds,
-                         _mibps(outcome.downloaded_bytes, outcome.seconds))
+                log.info(
+                    "%s: done, %s in %.1f s (%s)",
+                    outcome.entry.name,
+                    _gib(outcome.downloaded_bytes),
+                    outcome.seconds,
+                    _mibps(outcome.downloaded_bytes, outcome.seconds),
+                )
             else:
                 log.error("%s", outcome.error)
 
@@ -387,8 +394,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=env.get("MODELS") or "all", help="all, none, or a comma list of manifest names (env MODELS)")
     p.add_argument("--comfy-root", type=Path, default=Path(env.get("COMFY_ROOT") or "/ComfyUI"))
     p.add_argument("--volume-root", type=Path, default=Path(env.get("VOLUME_ROOT") or "/runpod-volume"))
-    p.add_argument("--dest", type=Path, default=Path(env["MODELS_DEST"]) if env.get("MODELS_DEST") else None,
-                   help="root that receives downloads as <dest>/models/<folder>/ (env MODELS_DEST; default COMFY_ROOT)")
+    p.add_argument(
+        "--dest",
+        type=Path,
+        default=Path(env["MODELS_DEST"]) if env.get("MODELS_DEST") else None,
+        help="root that receives downloads as <dest>/models/<folder>/ (env MODELS_DEST; default COMFY_ROOT)",
+    )
     p.add_argument("--workers", type=int, default=int(env.get("PROVISION_WORKERS") or 4), help="files downloaded at once")
     p.add_argument("--check", action="store_true", help="only report what is present; exit 1 if anything is missing")
     return p
@@ -417,8 +428,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     present = sum(o.status == "present" for o in report.outcomes)
     downloaded = sum(o.status == "downloaded" for o in report.outcomes)
-    log.info("%d present, %d downloaded (%s in %.1f s, %s), %d failed", present, downloaded, _gib(report.downloaded_bytes),
-             report.seconds, _mibps(report.downloaded_bytes, report.seconds), len(report.failed))
+    log.info(
+        "%d present, %d downloaded (%s in %.1f s, %s), %d failed",
+        present,
+        downloaded,
+        _gib(report.downloaded_bytes),
+        report.seconds,
+        _mibps(report.downloaded_bytes, report.seconds),
+        len(report.failed),
+    )
     if args.check:
         for o in report.failed:
             log.error("%s", o.error)

@@ -343,8 +343,15 @@ def model_server():
 
 
 def _manifest(path: Path, base: str, name: str) -> Path:
-    entry = {"name": "vae", "folder": "vae", "file": "vae.safetensors", "url": f"{base}/{name}",
-             "size": None, "sha256": None, "workflows": ["wan22_i2v"]}
+    entry = {
+        "name": "vae",
+        "folder": "vae",
+        "file": "vae.safetensors",
+        "url": f"{base}/{name}",
+        "size": None,
+        "sha256": None,
+        "workflows": ["wan22_i2v"],
+    }
     path.write_text(json.dumps({"models": [entry]}))
     return path
 

@@ -93,7 +93,9 @@ class FileServer:
 
 @pytest.fixture
 def server():
-    files = {f"/m/{name}": os.urandom(size) for name, size in [("a.bin", 1_000_000), ("b.bin", 200_000), ("c.bin", 150_000), ("d.bin", 100_000)]}
+    files = {
+        f"/m/{name}": os.urandom(size) for name, size in [("a.bin", 1_000_000), ("b.bin", 200_000), ("c.bin", 150_000), ("d.bin", 100_000)]
+    }
     srv = FileServer(files)
     yield srv
     srv.close()
@@ -183,11 +185,17 @@ def test_checksum_mismatch_fails_and_leaves_no_file(server, tmp_path):
 
 def test_404_is_one_clear_line_and_exit_1(server, tmp_path, caplog):
     manifest = tmp_path / "models.json"
-    missing = {"name": "ghost", "folder": "vae", "file": "ghost.safetensors", "url": f"{server.url}/m/ghost.safetensors",
-               "size": None, "sha256": None, "workflows": ["wan22_i2v"]}
+    missing = {
+        "name": "ghost",
+        "folder": "vae",
+        "file": "ghost.safetensors",
+        "url": f"{server.url}/m/ghost.safetensors",
+        "size": None,
+        "sha256": None,
+        "workflows": ["wan22_i2v"],
+    }
     manifest.write_text(json.dumps({"models": [missing]}))
-    rc = provision.main(["--manifest", str(manifest), "--comfy-root", str(tmp_path / "comfy"),
-                         "--volume-root", str(tmp_path / "vol")])
+    rc = provision.main(["--manifest", str(manifest), "--comfy-root", str(tmp_path / "comfy"), "--volume-root", str(tmp_path / "vol")])
     assert rc == 1
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("'ghost'" in m and "HTTP 404" in m and server.url in m for m in errors), errors
@@ -266,8 +274,15 @@ def test_check_mode_reports_missing_and_present(server, tmp_path):
 
 def test_manifest_rules_are_tenexa_manifest_rules_but_plain_http_is_allowed(tmp_path):
     path = tmp_path / "m.json"
-    good = {"name": "x", "folder": "vae", "file": "x.safetensors", "url": "http://127.0.0.1:9/x", "size": None, "sha256": None,
-            "workflows": ["wan22_i2v"]}
+    good = {
+        "name": "x",
+        "folder": "vae",
+        "file": "x.safetensors",
+        "url": "http://127.0.0.1:9/x",
+        "size": None,
+        "sha256": None,
+        "workflows": ["wan22_i2v"],
+    }
     path.write_text(json.dumps({"models": [good]}))
     assert provision.load_manifest(path)[0].url == "http://127.0.0.1:9/x"
     for bad, message in ((dict(good, folder="checkpoints"), "folder"), (dict(good, file="../../etc/x"), "plain file name")):
