@@ -14,7 +14,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from comfy_double import ComfyDouble  # noqa: E402
 
-from tenexa.config import load_settings  # noqa: E402
 
 
 def _tier(path: Path) -> str:
@@ -38,16 +37,3 @@ def comfy_double(tmp_path):
     double = ComfyDouble(tmp_path / "ComfyUI").start()
     yield double
     double.stop()
-
-
-def settings_for(double: ComfyDouble, **env: str):
-    base = {
-        "COMFY_ROOT": str(double.root),
-        "COMFY_PORT": str(double.port),
-        "SERVER_ADDRESS": "127.0.0.1",
-        "COMFY_READY_TIMEOUT": "2",
-        "COMFY_EXEC_TIMEOUT": "20",
-        "VOLUME_ROOT": str(double.root / "no-volume"),
-    }
-    base.update(env)
-    return load_settings(base)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from comfy_double import Behaviour, reference_json
-from conftest import settings_for
+from support import settings_for
 
 from tenexa.comfy import ComfyClient, format_node_errors
 from tenexa.diagnostics import run_selftest, selftest_graph

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from comfy_double import Behaviour, ComfyDouble, free_port
-from conftest import settings_for
+from support import settings_for
 
 import handler
 from tenexa.comfy import ComfyClient

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from comfy_double import Behaviour
-from conftest import settings_for
+from support import settings_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

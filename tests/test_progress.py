@@ -24,7 +24,7 @@ import pytest
 from tenexa.progress import PHASES, GraphPlan, ProgressReporter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COMFY_DATA = REPO_ROOT.parent / "shared" / "reference" / "comfyui-data"
+COMFY_DATA = REPO_ROOT / "tests" / "fixtures" / "comfyui"
 RUN_FILE = COMFY_DATA / "tiny-wan-cpu-run.json"
 PROMPT_FILE = COMFY_DATA / "tiny-wan-cpu-prompt.json"
 
@@ -43,7 +43,7 @@ EXPECTED_PHASES = [
 
 
 def _load(path: Path):
-    assert path.exists(), f"{path} is missing: the tests read the recorded ComfyUI stream from shared/reference"
+    assert path.exists(), f"{path} is missing: the recorded ComfyUI stream ships in tests/fixtures/comfyui"
     return json.loads(path.read_text())
 
 
