@@ -7,9 +7,10 @@ that table, and the README's configuration table is checked against it by a test
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 LOGGER_NAME = "tenexa"
 log = logging.getLogger(LOGGER_NAME)
@@ -60,7 +60,7 @@ def setup_logging(secrets: Iterable[str] = (), level: int = logging.INFO) -> Non
 def tail_log(path: Path, lines: int = 80, secrets: Iterable[str] = ()) -> str:
     """The last ``lines`` lines of a log file, redacted; empty when the file is missing or unreadable."""
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:
             tail = deque(fh, maxlen=lines)
     except OSError:
         return ""

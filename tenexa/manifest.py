@@ -43,7 +43,7 @@ class ModelEntry:
         return f"{self.folder}/{self.file}"
 
 
-def _entry(raw: Any, index: int) -> ModelEntry:
+def _entry(raw: Any, index: int, allow_http: bool = False) -> ModelEntry:
     where = f"models[{index}]"
     if not isinstance(raw, dict):
         raise ManifestError(f"{where}: must be an object")
@@ -54,7 +54,7 @@ def _entry(raw: Any, index: int) -> ModelEntry:
         raise ManifestError(f"{where}.folder: {raw['folder']!r} is not one of {', '.join(FOLDERS)}")
     if "/" in raw["file"] or "\\" in raw["file"] or raw["file"].startswith("."):
         raise ManifestError(f"{where}.file: must be a plain file name, got {raw['file']!r}")
-    if not raw["url"].startswith("https://"):
+    if not raw["url"].startswith(("https://", "http://") if allow_http else "https://"):
         raise ManifestError(f"{where}.url: must be an https URL")
     size, sha = raw.get("size"), raw.get("sha256")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
@@ -66,10 +66,11 @@ def _entry(raw: Any, index: int) -> ModelEntry:
     return ModelEntry(raw["name"], raw["folder"], raw["file"], raw["url"], size, sha, tuple(raw["workflows"]))
 
 
-def parse_manifest(data: Any) -> tuple[ModelEntry, ...]:
+def parse_manifest(data: Any, *, allow_http: bool = False) -> tuple[ModelEntry, ...]:
+    """``allow_http`` admits plain http URLs: for a provisioner pointed at a local mirror or test server."""
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         raise ManifestError('manifest must be an object with a "models" list')
-    entries = tuple(_entry(raw, i) for i, raw in enumerate(data["models"]))
+    entries = tuple(_entry(raw, i, allow_http) for i, raw in enumerate(data["models"]))
     for attr in ("name", "relative_path"):
         seen: set[str] = set()
         for e in entries:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from tenexa.comfy import ComfyClient, OutputFile, PromptResult, find_video_outputs
 from tenexa.errors import ErrorCode, TenexaError
@@ -87,7 +87,9 @@ def run_graph(
     try:
         run = client.run_prompt(graph, deadline=deadline, cancel=cancel, on_event=on_event)
     except TenexaError as err:
-        raise explain_rejection(err) if err.code is ErrorCode.QUEUE_FAILED else err
+        if err.code is ErrorCode.QUEUE_FAILED:
+            raise explain_rejection(err) from None
+        raise
     if run.status == "error":
         raise TenexaError(ErrorCode.GENERATION_ERROR, describe_execution_error(run.error or {}),
                           details={"prompt_id": run.prompt_id, "node_id": (run.error or {}).get("node_id")})

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import av
-from PIL import Image
 from aiohttp import web
+from PIL import Image
 
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "comfyui"
 
@@ -91,7 +91,7 @@ class ComfyDouble:
 
     # ----------------------------------------------------------------------------------- lifecycle
 
-    def start(self) -> "ComfyDouble":
+    def start(self) -> ComfyDouble:
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
         if not self._ready.wait(10):

@@ -15,7 +15,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 from comfy_double import ComfyDouble  # noqa: E402
 
 
-
 def _tier(path: Path) -> str:
     parts = path.relative_to(ROOT / "tests").parts
     if parts[0] == "integration":

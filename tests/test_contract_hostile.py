@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 from comfy_double import Behaviour
-from support import settings_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from support import settings_for
 
 import handler
 from tenexa.comfy import ComfyClient
@@ -206,7 +206,7 @@ SOAK_JOBS = 200
 
 def test_soak_sequential_jobs(worker):
     """200 jobs (every fifth a failure): no growth in fds, threads, memory or files."""
-    for i in range(20):  # warm up caches and pools before measuring
+    for _ in range(20):  # warm up caches and pools before measuring
         run_job({"image_base64": GOOD, "frames": 5})
     gc.collect()
     fds, threads, rss, temps = _open_fds(), threading.active_count(), _rss_kb(), temp_leftovers()
