@@ -25,7 +25,7 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tenexa.workflows import required_classes
+from tenexa.workflows import required_classes  # noqa: E402 - after the sys.path line above
 
 SELFTEST_CLASSES = ("LoadImage", "ImageScale", "RepeatImageBatch", "VHS_VideoCombine", "SaveVideo", "CreateVideo")
 LOCK_KEYS = {

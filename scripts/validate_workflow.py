@@ -20,7 +20,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tenexa.validator import DEFAULT_OBJECT_INFO, load_object_info, validate
+from tenexa.validator import DEFAULT_OBJECT_INFO, load_object_info, validate  # noqa: E402 - after the sys.path line above
 
 
 def main(argv: list[str] | None = None) -> int:
