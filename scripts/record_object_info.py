@@ -64,7 +64,7 @@ def record(url: str, classes: list[str], stamp: dict[str, str], timeout: float =
             "comfyui_version": stats.json().get("system", {}).get("comfyui_version"),
             **stamp,
             "classes": len(classes),
-            "recorded_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            "recorded_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             "tool": "scripts/record_object_info.py",
         },
         "object_info": {c: everything[c] for c in classes},
