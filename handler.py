@@ -27,7 +27,6 @@ from tenexa.responses import failure
 
 SETTINGS = load_settings()
 CLIENT = ComfyClient(SETTINGS.comfy_url)
-setup_logging(SETTINGS.secrets())
 
 
 def progress_sender(job: dict) -> Callable[[dict], None] | None:
@@ -70,5 +69,7 @@ async def handler(job: dict) -> dict:
 
 if __name__ == "__main__":
     import runpod
+
+    setup_logging(SETTINGS.secrets())  # only when serving: importing the handler must not reconfigure logging
 
     runpod.serverless.start({"handler": handler})

@@ -152,3 +152,57 @@ def test_local_api_against_real_comfyui(comfy_server, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_twenty_selftests_leave_nothing_behind(cpu_settings, client, comfy_server):
+    import tempfile
+
+    def files(kind):
+        return sorted(p for p in (comfy_server.root / kind / "tenexa").rglob("*") if p.is_file())
+
+    run_selftest(cpu_settings, client, job_id="soak-warm")
+    before = {kind: files(kind) for kind in ("input", "output", "temp")}
+    fds, threads = _open_fds(), threading.active_count()
+    scratch = sorted(Path(tempfile.gettempdir()).glob("tenexa-job-*"))
+    for i in range(20):
+        assert run_selftest(cpu_settings, client, job_id=f"soak-{i}")["ok"] is True
+    assert {kind: files(kind) for kind in ("input", "output", "temp")} == before
+    assert sorted(Path(tempfile.gettempdir()).glob("tenexa-job-*")) == scratch
+    assert _open_fds() <= fds + 3 and threading.active_count() <= threads + 2
+
+
+def test_comfyui_killed_mid_job(comfy_install, tmp_path):
+    """A second, model-less ComfyUI is killed (SIGKILL) during a long encode: COMFY_CRASHED within seconds."""
+    import subprocess
+
+    from comfy_double import free_port
+
+    port = free_port()
+    log = open(tmp_path / "victim.log", "wb")
+    proc = subprocess.Popen([str(comfy_install.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--disable-auto-launch"], cwd=comfy_install.root, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = ComfyClient(f"http://127.0.0.1:{port}", crash_grace=3.0)
+        client.wait_until_ready(timeout=180)
+
+        def kill_on_progress(kind, data):
+            if kind == "progress" and proc.poll() is None:
+                proc.kill()
+
+        started = time.monotonic()
+        with pytest.raises(TenexaError) as info:
+            _run(client, comfy_install.root, lambda ws: _selftest(ws, RepeatImageBatch={"amount": 3000}),
+                 {"in.png": EXAMPLE_PNG}, on_event=kill_on_progress)
+        assert info.value.code is ErrorCode.COMFY_CRASHED and info.value.refresh_worker
+        assert time.monotonic() - started < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        log.close()
