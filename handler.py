@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tenexa.comfy import ComfyClient
-from tenexa.config import load_settings
+from tenexa.config import ConfigError, load_settings
 from tenexa.diagnostics import diagnose, health
 from tenexa.errors import ErrorCode, TenexaError
 from tenexa.generate import generate
@@ -47,6 +47,9 @@ def run_mode(mode: str, job: dict, job_input: Any, cancel: threading.Event) -> d
     except TenexaError as err:
         log.info("job %s: failed %s: %s", job_id, err.code.value, err.message)
         return failure(err, SETTINGS)
+    except ConfigError as exc:
+        log.error("job %s: worker misconfigured: %s", job_id, exc)
+        return failure(TenexaError(ErrorCode.CONFIG_ERROR, f"worker misconfigured: {exc}"), SETTINGS)
     except Exception as exc:  # noqa: BLE001 - the caller gets a code and a line, the log gets the traceback
         log.exception("job %s: unexpected error", job_id)
         return failure(TenexaError(ErrorCode.INTERNAL_ERROR, f"unexpected {type(exc).__name__} in the worker; see the worker log"), SETTINGS)

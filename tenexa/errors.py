@@ -26,6 +26,7 @@ class ErrorCode(str, Enum):
     # Delivery problems.
     OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
     UPLOAD_FAILED = "UPLOAD_FAILED"
+    CONFIG_ERROR = "CONFIG_ERROR"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 

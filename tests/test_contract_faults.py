@@ -117,3 +117,9 @@ def test_unexpected_bug_is_internal_error_without_traceback(comfy_double, use, m
     out = run({"image_base64": IMAGE})
     assert out["error_code"] == "INTERNAL_ERROR" and "Traceback" not in out["error"]
     assert "secret-internal-detail" not in out["error"]
+
+
+def test_misconfigured_runtime_setting_is_config_error(comfy_double, use):
+    use(comfy_double, TENEXA_VAE_PRECISION="fp4")
+    out = run({"image_base64": IMAGE, "frames": 9})
+    assert out["error_code"] == "CONFIG_ERROR" and "TENEXA_VAE_PRECISION" in out["error"]
