@@ -21,6 +21,7 @@ from typing import Any
 
 from tenexa.config import Settings
 from tenexa.errors import ErrorCode, TenexaError
+from tenexa.files import sha256_file
 
 log = logging.getLogger("tenexa.delivery")
 
@@ -137,7 +138,7 @@ def upload_and_link(video_path: Path, *, job_id: str, settings: Settings, sha256
     from botocore.exceptions import BotoCoreError, ClientError
 
     size = video_path.stat().st_size
-    digest = sha256 or file_sha256(video_path)
+    digest = sha256 or sha256_file(video_path)
     key = f"{settings.bucket_prefix}{job_id}/{video_path.name}"
     bucket = settings.bucket_name
     expiry = min(int(settings.url_expiry), MAX_PRESIGN_SECONDS)
@@ -174,14 +175,6 @@ def upload_and_link(video_path: Path, *, job_id: str, settings: Settings, sha256
         "size_bytes": size,
         "sha256": digest,
     }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=4)

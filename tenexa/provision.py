@@ -24,7 +24,6 @@ every selected file is present afterwards, 1 when any is not (one line per failu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from urllib.parse import urlsplit
 import requests
 
 from tenexa.config import REPO_ROOT
+from tenexa.files import sha256_file
 from tenexa.manifest import ManifestError, ModelEntry, parse_manifest
 
 log = logging.getLogger("tenexa.provision")
@@ -140,14 +140,6 @@ def find_existing(entry: ModelEntry, roots: Iterable[Path]) -> Path | None:
         except OSError:
             continue
     return None
-
-
-def sha256_of(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(HASH_BLOCK_BYTES):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def _gib(n: float) -> str:
@@ -288,7 +280,7 @@ class Downloader:
             part.unlink()
             raise ProvisionError(f"model {entry.name!r}: size mismatch, expected {entry.size} bytes, got {size}; partial file removed")
         if entry.sha256:
-            digest = sha256_of(part)
+            digest = sha256_file(part, HASH_BLOCK_BYTES)
             if digest != entry.sha256:
                 part.unlink()
                 raise ProvisionError(f"model {entry.name!r}: sha256 mismatch, expected {entry.sha256}, got {digest}; partial file removed")

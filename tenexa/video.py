@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import av
 
 from tenexa.errors import ErrorCode, TenexaError
+from tenexa.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -22,14 +22,6 @@ class VideoInfo:
     codec: str
     size_bytes: int
     sha256: str
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def probe_video(path: Path) -> VideoInfo:
