@@ -15,29 +15,20 @@ Prints a table and writes bench/results/cold_start-<UTC time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import _common
 import requests
+from _common import REPO, RESULTS, BenchmarkSkipped, free_port
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 PHASE = re.compile(r"\[entrypoint\] phase (\S+): ([\d.]+) s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_run(comfy_root: Path, comfy_python: str, handler_python: str, timeout: float) -> dict:
@@ -116,43 +107,34 @@ def one_run(comfy_root: Path, comfy_python: str, handler_python: str, timeout: f
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=2, help="first run is cold (file cache empty or not), later ones warm")
-    parser.add_argument("--timeout", type=float, default=180)
-    args = parser.parse_args()
-    cache = Path.home() / ".cache" / "tenexa"
-    comfy_root = Path(os.environ.get("COMFY_ROOT") or cache / "ComfyUI")
-    comfy_python = os.environ.get("COMFY_PYTHON") or str(cache / "venv" / "bin" / "python")
+def run(runs: int = 2, timeout: float = 180) -> dict:
+    """Measure ``runs`` cold starts, print the table, write the JSON; BenchmarkSkipped without a ComfyUI."""
+    comfy_root, comfy_python = _common.comfy_install()
     handler_python = os.environ.get("HANDLER_PYTHON") or sys.executable
-    if not (comfy_root / "main.py").is_file() or not Path(comfy_python).exists():
-        print(
-            f"SKIPPED: no ComfyUI at COMFY_ROOT={comfy_root} run by COMFY_PYTHON={comfy_python}. Set both to a ComfyUI "
-            "checkout with the stack.lock packs and its venv (default location ~/.cache/tenexa/)."
-        )
-        return 0
-    runs = [one_run(comfy_root, comfy_python, handler_python, args.timeout) for _ in range(args.runs)]
+    measured = [one_run(comfy_root, str(comfy_python), handler_python, timeout) for _ in range(runs)]
 
     print(f"{'run':>3} {'ComfyUI ready':>14} {'handler ready':>14} {'comfy phase':>12} {'shutdown':>9} {'exit':>5}")
-    for i, r in enumerate(runs, 1):
+    for i, r in enumerate(measured, 1):
         e = r["events_s"]
         print(
             f"{i:>3} {e['comfyui_ready']:>13.2f}s {e['handler_ready']:>13.2f}s {r['phases_s'].get('comfyui-ready', 0):>11.1f}s "
             f"{r['shutdown_s']:>8.2f}s {r['exit_code']:>5}"
         )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"cold_start-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-                "comfy_root": str(comfy_root),
-                "runs": runs,
-            },
-            indent=2,
-        )
-    )
+    report = {**_common.report_header("cold_start"), "comfy_root": str(comfy_root), "runs": measured}
+    out = _common.write_report(RESULTS / f"cold_start-{_common.utc_stamp()}.json", report)
     print(f"wrote {out}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=2, help="first run is cold (file cache empty or not), later ones warm")
+    parser.add_argument("--timeout", type=float, default=180)
+    args = parser.parse_args(argv)
+    try:
+        run(args.runs, args.timeout)
+    except BenchmarkSkipped as skip:
+        print(f"SKIPPED: {skip}")
     return 0
 
 

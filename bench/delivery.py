@@ -15,17 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "bench" / "results" / "delivery.json"
+import _common
+from _common import free_port
+
+REPO_ROOT = _common.REPO
+RESULTS = _common.RESULTS / "delivery.json"
 METHODS = ("bare_base64", "deliver_base64", "deliver_url")
 BUCKET = "bench"
 
@@ -65,12 +65,6 @@ print(json.dumps(out))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_moto() -> tuple[subprocess.Popen, str]:
     import boto3
     import requests
@@ -102,25 +96,13 @@ def measure(method: str, path: Path, s3_url: str, traced: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[5, 20, 60], help="video sizes in MB (10^6 bytes)")
-    args = parser.parse_args()
-
+def run(sizes: list[int]) -> dict:
+    """Every method at every size; prints the table, writes the JSON and returns the report."""
     moto, s3_url = start_moto()
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for mb in args.sizes:
+            for mb in sizes:
                 path = Path(tmp) / f"video_{mb}mb.mp4"
                 path.write_bytes(os.urandom(mb * 1_000_000))  # random bytes: nothing compresses, like H.264
                 for method in METHODS:
@@ -150,22 +132,21 @@ def main() -> None:
             f"{r['rss_x_video']:>8.2f} {r['tracemalloc_peak_bytes'] / 1e6:>15.1f} {r['tracemalloc_x_video']:>8.2f}"
         )
     report = {
-        "benchmark": "delivery",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-        },
+        **_common.report_header("delivery"),
         "s3": "moto server on 127.0.0.1 (in-memory backend)",
         "notes": "seconds and peak RSS growth from one child run, tracemalloc peak from a second; url includes sha256 and presigning",
         "rows": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    _common.write_report(RESULTS, report)
     print(f"wrote {RESULTS.relative_to(REPO_ROOT)}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5, 20, 60], help="video sizes in MB (10^6 bytes)")
+    args = parser.parse_args(argv)
+    run(args.sizes)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
-import platform
 import re
 import shutil
 import sys
@@ -29,13 +27,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import _common  # also puts the repository on sys.path
 import requests
+from _common import RESULTS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tenexa.manifest import ModelEntry  # noqa: E402
-from tenexa.provision import Downloader, provision  # noqa: E402
+from tenexa.manifest import ModelEntry
+from tenexa.provision import Downloader, provision
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BLOCK = 256 * 1024
 
 
@@ -121,16 +119,9 @@ def provisioner_download(base: str, files: list[tuple[str, int, str]], dest: Pat
     return elapsed
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes-mib", default="96,64,48,32", help="file sizes in MiB, comma separated")
-    parser.add_argument("--per-stream-mib", default="0,40", help="per-connection caps in MiB/s to try (0 = uncapped)")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=2, help="runs per mode; the best is reported")
-    args = parser.parse_args()
+def run(sizes: list[int], caps: list[float], workers: int = 4, repeat: int = 2) -> dict:
+    """Both modes at every cap; prints the table, writes the JSON and returns the report."""
     logging.basicConfig(level=logging.WARNING)
-    sizes = [int(s) for s in args.sizes_mib.split(",")]
-    caps = [float(c) for c in args.per_stream_mib.split(",")]
     total = sum(sizes) * 1024 * 1024
 
     rows = []
@@ -144,16 +135,16 @@ def main() -> int:
             server.start()
             base = f"http://127.0.0.1:{queue.get(timeout=10)}"
             try:
-                for mode in ("plain single stream", f"tenexa.provision x{args.workers}"):
+                for mode in ("plain single stream", f"tenexa.provision x{workers}"):
                     best = float("inf")
-                    for _ in range(args.repeat):
+                    for _ in range(repeat):
                         dest = Path(tmp) / "dest"
                         shutil.rmtree(dest, ignore_errors=True)
                         dest.mkdir()
                         if mode.startswith("plain"):
                             best = min(best, plain_download(base, files, dest))
                         else:
-                            best = min(best, provisioner_download(base, files, dest, args.workers))
+                            best = min(best, provisioner_download(base, files, dest, workers))
                     rows.append(
                         {
                             "mode": mode,
@@ -172,19 +163,26 @@ def main() -> int:
     for r in rows:
         cap = f"{r['per_stream_cap_mib_s']:.0f} MiB/s" if r["per_stream_cap_mib_s"] else "none"
         print(f"{r['mode']:<24} {cap:>11} {r['files']:>5} {r['total_mib']:>7.0f} {r['seconds']:>8.2f} {r['mib_s']:>8.1f}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"download-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-                "args": vars(args),
-                "rows": rows,
-            },
-            indent=2,
-        )
-    )
+    args = {
+        "sizes_mib": ",".join(map(str, sizes)),
+        "per_stream_mib": ",".join(f"{c:g}" for c in caps),
+        "workers": workers,
+        "repeat": repeat,
+    }
+    report = {**_common.report_header("download"), "args": args, "rows": rows}
+    out = _common.write_report(RESULTS / f"download-{_common.utc_stamp()}.json", report)
     print(f"wrote {out}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes-mib", default="96,64,48,32", help="file sizes in MiB, comma separated")
+    parser.add_argument("--per-stream-mib", default="0,40", help="per-connection caps in MiB/s to try (0 = uncapped)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per mode; the best is reported")
+    args = parser.parse_args(argv)
+    run([int(s) for s in args.sizes_mib.split(",")], [float(c) for c in args.per_stream_mib.split(",")], args.workers, args.repeat)
     return 0
 
 
