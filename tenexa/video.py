@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
-
 from tenexa.errors import ErrorCode, TenexaError
 from tenexa.files import sha256_file
 
@@ -25,6 +23,8 @@ class VideoInfo:
 
 
 def probe_video(path: Path) -> VideoInfo:
+    import av  # ~50 ms to import: paid by the first video, not by every worker start
+
     try:
         with av.open(str(path)) as container:
             stream = next(s for s in container.streams if s.type == "video")
