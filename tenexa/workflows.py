@@ -206,18 +206,25 @@ def settings_problems(settings: Settings) -> list[str]:
     return problems
 
 
-def runtime_report(settings: Settings) -> dict[str, Any]:
-    """What diagnose shows about the model runtime: each setting as configured and as it will be sent."""
-    available, reason = _probe_once() if settings.attention_mode == "auto" else (None, "set explicitly")
+def _model_settings(settings: Settings) -> dict[str, Any]:
+    """The runtime settings written into the graph as configured (attention is resolved separately)."""
     return {
-        "attention_mode": {"setting": settings.attention_mode, "resolved": resolve_attention(settings),
-                           "reason": reason, "sageattention_usable": available},
         "base_precision": settings.base_precision,
         "quantization": settings.quantization,
         "load_device": settings.load_device,
         "blocks_to_swap": settings.blocks_to_swap,
         "vae_precision": settings.vae_precision,
         "text_encoder": settings.text_encoder,
+    }
+
+
+def runtime_report(settings: Settings) -> dict[str, Any]:
+    """What diagnose shows about the model runtime: each setting as configured and as it will be sent."""
+    available, reason = _probe_once() if settings.attention_mode == "auto" else (None, "set explicitly")
+    return {
+        "attention_mode": {"setting": settings.attention_mode, "resolved": resolve_attention(settings),
+                           "reason": reason, "sageattention_usable": available},
+        **_model_settings(settings),
         "problems": settings_problems(settings),
     }
 
@@ -256,12 +263,7 @@ def _values(request: GenerateRequest, image_size: tuple[int, int], settings: Set
         "lora_low_strength": request.lora_low_strength,
         "output_prefix": output_prefix,
         "attention_mode": resolve_attention(settings),
-        "base_precision": settings.base_precision,
-        "quantization": settings.quantization,
-        "load_device": settings.load_device,
-        "blocks_to_swap": settings.blocks_to_swap,
-        "vae_precision": settings.vae_precision,
-        "text_encoder": settings.text_encoder,
+        **_model_settings(settings),
         "use_disk_cache": settings.text_encoder == "cache",
     }
 
