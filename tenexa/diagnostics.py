@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tenexa import manifest, validator, workflows
+from tenexa import interpolation, manifest, validator, workflows
 from tenexa.comfy import ComfyClient
 from tenexa.config import REPO_ROOT, Settings
 from tenexa.errors import TenexaError
@@ -19,7 +19,7 @@ from tenexa.images import normalize_image
 from tenexa.pipeline import run_graph
 from tenexa.workspace import JobWorkspace
 
-MODEL_FOLDERS = ("diffusion_models", "unet", "text_encoders", "clip", "vae", "loras")
+MODEL_FOLDERS = ("diffusion_models", "unet", "text_encoders", "clip", "vae", "loras", "frame_interpolation")
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 SELFTEST_GRAPH = Path(__file__).parent / "data" / "selftest_api.json"
 SELFTEST_IMAGE = REPO_ROOT / "example_image.png"
@@ -67,14 +67,24 @@ def list_models(settings: Settings) -> dict[str, dict[str, list[str]]]:
 
 
 def _manifest_report(models: dict[str, dict[str, list[str]]]) -> dict:
-    present, missing = [], []
+    """Manifest entries found in a model folder; ``missing`` makes the worker unhealthy, ``optional_missing`` not."""
+    present, missing, optional_missing = [], [], []
     for entry in manifest.load_manifest():
         on_disk = models.get(entry.folder, {})
         if entry.file in on_disk.get("local", []) or entry.file in on_disk.get("volume", []):
             present.append(entry.name)
         else:
-            missing.append({"name": entry.name, "folder": entry.folder, "file": entry.file})
-    return {"present": present, "missing": missing}
+            (optional_missing if entry.optional else missing).append({"name": entry.name, "folder": entry.folder, "file": entry.file})
+    return {"present": present, "missing": missing, "optional_missing": optional_missing}
+
+
+def _interpolation_report(settings: Settings, object_info: dict | None) -> dict:
+    """Whether jobs with ``interpolate`` get RIFE or the ffmpeg fallback, and why."""
+    checkpoint = interpolation.rife_checkpoint(settings.comfy_root)
+    node = None if object_info is None else interpolation.RIFE_CLASS in object_info
+    ready = checkpoint.is_file() and node is True
+    return {"rife_checkpoint": str(checkpoint), "rife_checkpoint_present": checkpoint.is_file(), "rife_node_available": node,
+            "auto_uses": interpolation.RIFE if ready else interpolation.FFMPEG}
 
 
 def _selftest_classes() -> set[str]:
@@ -156,6 +166,7 @@ def diagnose(settings: Settings, client: ComfyClient, *, selftest: bool = False)
         "manifest": _manifest_report(models),
         "node_check": node_check,
         "workflow_checks": _workflow_checks(settings, object_info),
+        "interpolation": _interpolation_report(settings, object_info),
         "settings": workflows.runtime_report(settings),
     }
     if selftest:

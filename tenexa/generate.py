@@ -1,4 +1,4 @@
-"""Generate mode: request → images → bound Wan graph → ComfyUI → video → delivery."""
+"""Generate mode: request → images → bound Wan graph → ComfyUI → (ffmpeg interpolation) → video → delivery."""
 
 from __future__ import annotations
 
@@ -7,18 +7,38 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tenexa import workflows
+from tenexa import interpolation, workflows
 from tenexa.comfy import ComfyClient
 from tenexa.config import Settings
-from tenexa.delivery import deliver
+from tenexa.delivery import base64_length, deliver, deliver_image
+from tenexa.formats import mime_type
 from tenexa.images import prepare_image
 from tenexa.logs import log
-from tenexa.pipeline import run_graph
+from tenexa.pipeline import fetch_image, run_graph
 from tenexa.progress import ProgressReporter
-from tenexa.request import parse_generate
+from tenexa.request import GenerateRequest, parse_generate
+from tenexa.video import probe_video
 from tenexa.workspace import JobWorkspace
 
 START_IMAGE, END_IMAGE = "start.png", "end.png"
+
+
+def choose_interpolator(request: GenerateRequest, settings: Settings, client: ComfyClient) -> str:
+    """``none``, ``rife`` or ``ffmpeg`` for this job, decided before anything is submitted.
+
+    RIFE is ready when its checkpoint is where the pack looks (so the pack never downloads at run time) and
+    ComfyUI serves the node (so a stack without the pack still interpolates, with ffmpeg).
+    """
+    if request.interpolate <= 1:
+        return interpolation.NONE
+    why_not = ""
+    if request.interpolator != interpolation.FFMPEG:
+        checkpoint = interpolation.rife_checkpoint(settings.comfy_root)
+        if not checkpoint.is_file():
+            why_not = f"no checkpoint at {checkpoint}"
+        elif not client.has_node(interpolation.RIFE_CLASS):
+            why_not = f"ComfyUI has no {interpolation.RIFE_CLASS!r} node (ComfyUI-Frame-Interpolation not loaded)"
+    return interpolation.choose(request.interpolator, request.interpolate, rife_ready=not why_not, why_not=why_not)
 
 
 def generate(
@@ -36,6 +56,8 @@ def generate(
     end = prepare_image(request.end_image, settings) if request.end_image else None
     client.wait_until_ready(settings.ready_timeout)
 
+    interpolator = choose_interpolator(request, settings, client)
+
     workspace = JobWorkspace(settings.comfy_root, job_id)
     images = {START_IMAGE: start.png, **({END_IMAGE: end.png} if end else {})}
     bound = workflows.bind(
@@ -45,6 +67,7 @@ def generate(
         start_image=workspace.input_name(START_IMAGE),
         end_image=workspace.input_name(END_IMAGE) if end else None,
         output_prefix=workspace.output_prefix,
+        interpolator=interpolator,
     )
     reporter = ProgressReporter(send_progress or (lambda _payload: None), graph=bound.graph, interval=settings.progress_interval)
     log.info("job %s: generate %s %sx%s %s frames, %s steps", job_id, request.workflow,
@@ -55,16 +78,31 @@ def generate(
             deadline=started + settings.exec_timeout, cancel=cancel,
             on_event=reporter.on_event, on_phase=reporter.phase,
         )
+        video_path, video, interpolate_s = result.video_path, result.video, None
+        if bound.finish is not None:
+            reporter.phase("interpolating")
+            t_interpolate = time.monotonic()
+            finish = bound.finish
+            video_path = workspace.scratch / f"video.{finish.video_format.container}"
+            interpolation.interpolate_video(result.video_path, video_path, multiplier=finish.multiplier, fps=finish.fps,
+                                            video_format=finish.video_format, crf=finish.crf)
+            video = probe_video(video_path)
+            interpolate_s = time.monotonic() - t_interpolate
+        last_frame = fetch_image(client, result.run, bound.last_frame_node, workspace) if bound.last_frame_node else None
         reporter.phase("delivering")
         reporter.close()  # the last progress update must land before the result (runpod-sdk.md §4)
         t_deliver = time.monotonic()
-        delivered = deliver(result.video_path, job_id=job_id, mode=request.output, settings=settings, sha256=result.video.sha256)
+        frame_bytes = base64_length(last_frame.stat().st_size) if last_frame else 0
+        delivered = deliver(video_path, job_id=job_id, mode=request.output, settings=settings, sha256=video.sha256,
+                            content_type=mime_type(video.container), extra_bytes=frame_bytes)
+        if last_frame is not None:
+            delivered.update(deliver_image(last_frame, name="last_frame", job_id=job_id, video_delivery=delivered["delivery"],
+                                           settings=settings))
         deliver_s = time.monotonic() - t_deliver
     finally:
         reporter.close()
         workspace.cleanup()
 
-    video = result.video
     response: dict[str, Any] = {
         "status": "completed",
         **delivered,
@@ -78,17 +116,20 @@ def generate(
         "prompt_id": result.run.prompt_id,
         "used": bound.used,
         "metadata": {
-            "filename": result.output.filename.rsplit("/", 1)[-1],
+            "filename": video_path.name if bound.finish else result.output.filename.rsplit("/", 1)[-1],
             "size_mb": round(video.size_bytes / 1e6, 3),
             "size_bytes": video.size_bytes,
             "sha256": video.sha256,
             "codec": video.codec,
+            "container": video.container,
+            "mime_type": mime_type(video.container),
         },
         "timings": {
             "upload_s": round(result.upload_s, 3),
             "queue_wait_s": result.run.queue_wait_s,
             "execution_s": result.run.execution_s,
             "encode_s": round(result.fetch_s + deliver_s, 3),
+            **({"interpolate_s": round(interpolate_s, 3)} if interpolate_s is not None else {}),
             "total_s": round(time.monotonic() - started, 3),
         },
     }

@@ -5,7 +5,8 @@ Payload (one JSON object per update)::
     {"phase": "sampling_high", "step": 3, "total": 10, "percent": 31.2, "eta_s": 140.5, "node": "220"}
 
 Phases, in the order a job normally passes them: uploading, queued, loading_models, sampling_high,
-sampling_low, decoding, encoding, delivering. ``loading_models`` covers everything ComfyUI runs before a
+sampling_low, decoding, interpolating (only with ``interpolate`` > 1: the RIFE node in the graph, or the
+worker's ffmpeg pass after it), encoding, delivering. ``loading_models`` covers everything ComfyUI runs before a
 sampler's first step (loaders, text and image encoding, a sampler loading its expert's weights), so it
 comes back between the two samplers while the low-noise expert loads. ``step``/``total`` are the current
 node's progress bar (for a sampler: the denoising step within that expert's share of the steps), ``None``
@@ -39,10 +40,11 @@ PHASES = (
     "sampling_high",
     "sampling_low",
     "decoding",
+    "interpolating",
     "encoding",
     "delivering",
 )
-WORKER_PHASES = ("uploading", "queued", "delivering")
+WORKER_PHASES = ("uploading", "queued", "interpolating", "delivering")
 
 # Overall percent at which each phase starts and ends. Sampling dominates a Wan job's wall time; the
 # sampling band is shared by the graph's samplers in proportion to their steps.
@@ -51,7 +53,8 @@ PHASE_BANDS: dict[str, tuple[float, float]] = {
     "queued": (1.0, 2.0),
     "loading_models": (2.0, 10.0),
     "sampling": (10.0, 90.0),
-    "decoding": (90.0, 96.0),
+    "decoding": (90.0, 94.0),
+    "interpolating": (94.0, 96.0),
     "encoding": (96.0, 98.0),
     "delivering": (98.0, 100.0),
 }
@@ -68,7 +71,10 @@ LOADER_CLASSES = frozenset(
 )
 SAMPLER_CLASSES = frozenset({"WanVideoSampler"})
 DECODER_CLASSES = frozenset({"WanVideoDecode", "VAEDecode", "VAEDecodeTiled"})
+INTERPOLATOR_CLASSES = frozenset({"RIFE VFI", "FILM VFI"})
 ENCODER_CLASSES = frozenset({"VHS_VideoCombine", "SaveVideo", "CreateVideo"})
+# The phase each of these node roles reports.
+ROLE_PHASES = {"decoder": "decoding", "interpolator": "interpolating", "encoder": "encoding"}
 
 # A sampler's progress bar whose max is not one of its step counts is the weight-load bar (one tick per
 # tensor). When the step count is not a literal we can resolve, bars longer than this count as loading.
@@ -102,6 +108,7 @@ class GraphPlan:
         self.graph = graph if isinstance(graph, dict) else {}
         self.loaders: set[str] = set()
         self.decoders: set[str] = set()
+        self.interpolators: set[str] = set()
         self.encoders: set[str] = set()
         self.samplers: dict[str, Sampler] = {}
         sampler_steps: dict[str, tuple[str, frozenset[int], int | None]] = {}
@@ -117,6 +124,8 @@ class GraphPlan:
                 sampler_steps[node_id] = (phase, counts, segment)
             elif class_type in DECODER_CLASSES:
                 self.decoders.add(node_id)
+            elif class_type in INTERPOLATOR_CLASSES:
+                self.interpolators.add(node_id)
             elif class_type in ENCODER_CLASSES:
                 self.encoders.add(node_id)
         self._assign_sampling_bands(sampler_steps)
@@ -130,6 +139,8 @@ class GraphPlan:
             return "loader"
         if node_id in self.decoders:
             return "decoder"
+        if node_id in self.interpolators:
+            return "interpolator"
         if node_id in self.encoders:
             return "encoder"
         return None
@@ -252,7 +263,7 @@ class ProgressReporter:
     # --- inputs ---------------------------------------------------------------------------------------
 
     def phase(self, name: str) -> None:
-        """A worker-side phase: uploading, queued or delivering."""
+        """A worker-side phase: uploading, queued, interpolating (the ffmpeg fallback) or delivering."""
         try:
             with self._lock:
                 if self._closed:
@@ -341,8 +352,8 @@ class ProgressReporter:
             else:
                 self._enter(self._plan.samplers[node].phase, node=node)
                 self._raise_percent(self._plan.samplers[node].band[0])
-        elif role in ("decoder", "encoder"):
-            self._enter("decoding" if role == "decoder" else "encoding", node=node)
+        elif role in ROLE_PHASES:
+            self._enter(ROLE_PHASES[role], node=node)
             self._raise_percent(PHASE_BANDS[self._phase][0])
         else:
             self._node = node
@@ -374,8 +385,8 @@ class ProgressReporter:
                 self._sampling_started_at = self._clock()
                 self._percent_at_sampling_start = self._percent
             return True
-        if role in ("decoder", "encoder"):
-            phase = "decoding" if role == "decoder" else "encoding"
+        if role in ROLE_PHASES:
+            phase = ROLE_PHASES[role]
             if self._phase != phase:
                 self._enter(phase, node=node)
             self._node, self._step, self._total = node, value, bar_max

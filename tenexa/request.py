@@ -12,10 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tenexa import formats, wan
 from tenexa.errors import ErrorCode, TenexaError, invalid
 
 WORKFLOW_NAMES = ("wan22_i2v", "flf2v")
 OUTPUT_MODES = ("base64", "url")
+RESOLUTIONS = tuple(wan.RESOLUTIONS)
+ASPECT_RATIOS = (wan.AUTO_ASPECT, *wan.ASPECT_RATIOS)
+INTERPOLATORS = ("auto", "rife", "ffmpeg")
+MAX_INTERPOLATE = 4  # output frames per generated frame; 4x of 16 fps is 64 fps
 SCHEDULERS = (
     "unipc", "unipc/beta", "dpm++", "dpm++/beta", "dpm++_sde", "dpm++_sde/beta", "euler", "euler/beta",
     "deis", "lcm", "lcm/beta", "res_multistep", "er_sde",
@@ -65,6 +70,14 @@ class GenerateRequest:
     lora_high_strength: float
     lora_low_strength: float
     output: str
+    resolution: str | None = None
+    aspect_ratio: str | None = None
+    interpolate: int = 1
+    interpolator: str = "auto"
+    adjust_fps_for_interpolation: bool = True
+    codec: str = formats.DEFAULT_CODEC
+    quality: str | int = formats.DEFAULT_QUALITY
+    return_last_frame: bool = False
     ignored_keys: tuple[str, ...] = field(default=())
 
 
@@ -120,13 +133,49 @@ def _text(data: Mapping[str, Any], name: str, default: str, max_chars: int) -> s
     return value
 
 
-def _choice(data: Mapping[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
+def _choice(data: Mapping[str, Any], name: str, default: str | None, choices: tuple[str, ...]) -> str | None:
     value = data.get(name)
     if value is None:
         return default
     if not isinstance(value, str) or value not in choices:
         raise invalid(name, f"must be one of {', '.join(choices)}, got {value!r}"[:300])
     return value
+
+
+def _flag(data: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise invalid(name, f"must be true or false, got {type(value).__name__}")
+    return value
+
+
+def _quality(data: Mapping[str, Any], codec: str) -> str | int:
+    """A preset name, or a raw CRF in the codec's own range (lower is better)."""
+    value = data.get("quality")
+    if value is None:
+        return formats.DEFAULT_QUALITY
+    if isinstance(value, str):
+        return _choice(data, "quality", formats.DEFAULT_QUALITY, formats.QUALITY_PRESETS)
+    crf_max = formats.video_format(codec).crf_max
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise invalid("quality", f"must be a preset ({', '.join(formats.QUALITY_PRESETS)}) or a CRF 0..{crf_max}, "
+                                 f"got {type(value).__name__}")
+    return _int(data, "quality", 0, 0, crf_max)
+
+
+def _size(data: Mapping[str, Any]) -> tuple[int | None, int | None, str | None, str | None]:
+    """(width, height, resolution, aspect_ratio): presets are an alternative to an explicit size."""
+    width = _int(data, "width", None, 64, 1920)
+    height = _int(data, "height", None, 64, 1920)
+    resolution = _choice(data, "resolution", None, RESOLUTIONS)
+    aspect = _choice(data, "aspect_ratio", None, ASPECT_RATIOS)
+    if resolution is not None and (width is not None or height is not None):
+        raise invalid("resolution", "give either resolution (with aspect_ratio) or width/height, not both")
+    if aspect is not None and width is not None and height is not None:
+        raise invalid("aspect_ratio", "width and height already fix the aspect; give at most one of them with aspect_ratio")
+    return width, height, resolution, aspect
 
 
 def _model_name(data: Mapping[str, Any], name: str) -> str | None:
@@ -172,6 +221,8 @@ KNOWN_KEYS = frozenset({
     "image_base64", "image_url", "end_image_base64", "end_image_url", "workflow", "prompt", "negative_prompt",
     "seed", "steps", "cfg", "cfg_low", "frames", "length", "width", "height", "fps", "shift", "scheduler",
     "lora_high", "lora_low", "lora_high_strength", "lora_low_strength", "output", "test", "diagnose", "selftest",
+    "resolution", "aspect_ratio", "interpolate", "interpolator", "adjust_fps_for_interpolation", "codec", "quality",
+    "return_last_frame",
 })
 
 
@@ -201,6 +252,8 @@ def parse_generate(job_input: Any, *, rng: random.Random | None = None) -> Gener
     seed = _int(job_input, "seed", None, 0, MAX_SEED)
     if seed is None:
         seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    width, height, resolution, aspect_ratio = _size(job_input)
+    codec = _choice(job_input, "codec", formats.DEFAULT_CODEC, formats.CODECS)
 
     return GenerateRequest(
         workflow=workflow,
@@ -213,8 +266,8 @@ def parse_generate(job_input: Any, *, rng: random.Random | None = None) -> Gener
         cfg=_float(job_input, "cfg", 2.0, 1.0, 20.0),
         cfg_low=_float(job_input, "cfg_low", 1.0, 1.0, 20.0),
         frames=frames,
-        width=_int(job_input, "width", None, 64, 1920),
-        height=_int(job_input, "height", None, 64, 1920),
+        width=width,
+        height=height,
         fps=_float(job_input, "fps", 16.0, 1.0, 60.0),
         shift=_float(job_input, "shift", 9.0, 0.5, 50.0),
         scheduler=_choice(job_input, "scheduler", "dpm++_sde", SCHEDULERS),
@@ -223,5 +276,13 @@ def parse_generate(job_input: Any, *, rng: random.Random | None = None) -> Gener
         lora_high_strength=_float(job_input, "lora_high_strength", 1.0, -10.0, 10.0),
         lora_low_strength=_float(job_input, "lora_low_strength", 1.0, -10.0, 10.0),
         output=_choice(job_input, "output", "base64", OUTPUT_MODES),
+        resolution=resolution,
+        aspect_ratio=aspect_ratio,
+        interpolate=_int(job_input, "interpolate", 1, 1, MAX_INTERPOLATE),
+        interpolator=_choice(job_input, "interpolator", "auto", INTERPOLATORS),
+        adjust_fps_for_interpolation=_flag(job_input, "adjust_fps_for_interpolation", True),
+        codec=codec,
+        quality=_quality(job_input, codec),
+        return_last_frame=_flag(job_input, "return_last_frame", False),
         ignored_keys=tuple(sorted(k for k in job_input if k not in KNOWN_KEYS)),
     )

@@ -24,6 +24,8 @@ import av
 from aiohttp import web
 from PIL import Image
 
+from tenexa.validator import load_object_info
+
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "comfyui"
 
 
@@ -37,13 +39,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_mp4(path: Path, frames: int, width: int, height: int, fps: float) -> None:
+# VHS formats the double can write: (extension, encoder, pixel format), as VHS's video_formats/*.json do.
+VHS_FORMATS = {
+    "video/h264-mp4": ("mp4", "libx264", "yuv420p"),
+    "video/h265-mp4": ("mp4", "libx265", "yuv420p"),
+    "video/webm": ("webm", "libvpx-vp9", "yuv420p"),
+    "video/ffv1-mkv": ("mkv", "ffv1", "bgra"),
+}
+
+
+def frame_image(index: int, width: int, height: int) -> Image.Image:
+    """The double's frame ``index``: a colour that changes from frame to frame."""
+    return Image.new("RGB", (width, height), ((index * 25) % 255, 80, 160))
+
+
+def write_mp4(path: Path, frames: int, width: int, height: int, fps: float, encoder: str = "libx264", pix_fmt: str = "yuv420p") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
+        stream = out.add_stream(encoder, rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, pix_fmt
+        if encoder == "libx265":
+            stream.options = {"x265-params": "log-level=quiet"}
         for i in range(frames):
-            img = Image.new("RGB", (stream.width, stream.height), ((i * 25) % 255, 80, 160))
+            img = frame_image(i, stream.width, stream.height)
             for packet in stream.encode(av.VideoFrame.from_image(img)):
                 out.mux(packet)
         for packet in stream.encode():
@@ -82,6 +100,7 @@ class ComfyDouble:
         self.behaviour = Behaviour()
         self.calls = Calls()
         self.history: dict[str, dict] = {}
+        self.missing_classes: set[str] = set()  # classes /object_info/{class} denies (a pack not loaded)
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self._interrupted: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,6 +124,7 @@ class ComfyDouble:
         app.add_routes([
             web.get("/system_stats", self.system_stats),
             web.get("/object_info", self.object_info),
+            web.get("/object_info/{cls}", self.object_info_class),
             web.post("/upload/image", self.upload),
             web.post("/prompt", self.prompt),
             web.get("/ws", self.ws),
@@ -140,6 +160,12 @@ class ComfyDouble:
 
     async def object_info(self, request: web.Request) -> web.Response:
         return web.json_response(reference_json("object_info_filtered.json"))
+
+    async def object_info_class(self, request: web.Request) -> web.Response:
+        """One class, as ComfyUI answers ``/object_info/{class}``: ``{}`` for a class no loaded pack provides."""
+        cls = request.match_info["cls"]
+        info = {**reference_json("object_info_filtered.json"), **load_object_info()}
+        return web.json_response({cls: info[cls]} if cls in info and cls not in self.missing_classes else {})
 
     async def upload(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -298,19 +324,31 @@ class ComfyDouble:
             if node.get("class_type") in ("WanVideoImageToVideoEncode", "ImageScale"):
                 width = int(self._literal(graph, inputs.get("width")) or width)
                 height = int(self._literal(graph, inputs.get("height")) or height)
+        for node in graph.values():
+            if node.get("class_type") == "RIFE VFI":  # (n - 1) * m + 1, as the pack's frame loop makes
+                frames = (frames - 1) * int(node["inputs"]["multiplier"]) + 1
         outputs = {}
         for node_id, node in graph.items():
-            if node.get("class_type") != "VHS_VideoCombine":
-                continue
-            inputs = node["inputs"]
+            inputs = node.get("inputs", {})
             prefix = inputs.get("filename_prefix", "AnimateDiff")
             subfolder, _, stem = prefix.rpartition("/")
+            if node.get("class_type") == "SaveImage":
+                name = f"{stem}_00001_.png"
+                path = self.root / "output" / subfolder / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                frame_image(frames - 1, width + width % 2, height + height % 2).save(path)
+                outputs[node_id] = {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
+                continue
+            if node.get("class_type") != "VHS_VideoCombine":
+                continue
             kind = "output" if inputs.get("save_output", True) else "temp"
             fps = float(inputs.get("frame_rate", 8))
-            name = f"{stem}_00001.mp4"
+            video_format = inputs.get("format", "video/h264-mp4")
+            extension, encoder, pix_fmt = VHS_FORMATS[video_format]
+            name = f"{stem}_00001.{extension}"
             path = self.root / kind / subfolder / name
-            write_mp4(path, frames, width, height, fps)
+            write_mp4(path, frames, width, height, fps, encoder, pix_fmt)
             (path.with_suffix(".png")).write_bytes(b"\x89PNG\r\n\x1a\n")
-            outputs[node_id] = {"gifs": [{"filename": name, "subfolder": subfolder, "type": kind, "format": "video/h264-mp4",
-                                          "frame_rate": fps, "workflow": name[:-4] + ".png", "fullpath": str(path)}]}
+            outputs[node_id] = {"gifs": [{"filename": name, "subfolder": subfolder, "type": kind, "format": video_format,
+                                          "frame_rate": fps, "workflow": name[:-len(extension) - 1] + ".png", "fullpath": str(path)}]}
         return outputs
