@@ -14,6 +14,9 @@ Fixtures:
   ``extra_model_paths`` file; ``.url``, ``.port``, ``.root``, ``.log_path``, ``.models_dir``.
 - ``cpu_settings``: ``Settings`` for that server with the test-only overrides: attention sdpa, VAE fp32
   (bf16 Conv3d on CPU is unusably slow), text encoder ``cache`` (the T5 loader is removed from the graph).
+- ``rife_checkpoint``: random weights of the real RIFE 4.7 architecture at the path ComfyUI-Frame-Interpolation
+  reads (the manifest's ``pack_path``), so ``interpolator: rife`` runs without a download. Written only when
+  no file is there, and then deleted with the folders it created at session end.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import pytest
 import requests
 
 from tenexa.config import Settings, load_settings
+from tenexa.interpolation import rife_checkpoint as rife_checkpoint_path
 from tenexa.request import DEFAULT_NEGATIVE_PROMPT
 
 HERE = Path(__file__).resolve().parent
@@ -157,6 +161,23 @@ def comfy_server(comfy_install: ComfyInstall, tiny_models: TinyModels, tmp_path_
             process.wait(timeout=15)
         log.close()
         shutil.rmtree(comfy_install.root / "input" / "tenexa_it", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rife_checkpoint(comfy_install: ComfyInstall):
+    path = rife_checkpoint_path(comfy_install.root)
+    pack = comfy_install.root / "custom_nodes" / "ComfyUI-Frame-Interpolation"
+    if not pack.is_dir():
+        pytest.fail(f"{pack} is missing: stack.lock pins ComfyUI-Frame-Interpolation; reinstall the stack "
+                    "(python3 scripts/install_stack.py)")
+    created = [d for d in (path.parent.parent, path.parent) if not d.exists()]
+    written = [Path(p) for p in _run_tiny_wan(comfy_install, ["--rife-checkpoint", str(path)])["rife"]]
+    yield path
+    for file in written:  # only what this session wrote
+        file.unlink(missing_ok=True)
+    for folder in reversed(created):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 @pytest.fixture(scope="session")
