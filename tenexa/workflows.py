@@ -9,7 +9,7 @@ Binding restructures a graph only in these documented ways, each done by one fun
 - ``text_encoder=cache`` (test-only) removes the T5 loader and its link, so the text encoder reads the
   wrapper's embedding disk cache instead (``_remove_node``);
 - ``interpolator=rife`` puts a ``RIFE VFI`` node between the decode and the video encode
-  (``_insert_rife``); with ``ffmpeg`` the video node writes a lossless FFV1 intermediate instead
+  (``insert_rife``); with ``ffmpeg`` the video node writes a lossless FFV1 intermediate instead
   (``_write_lossless``) and the worker interpolates and encodes (``tenexa.interpolation``); the video
   node keeps exactly its format's widgets (``_fit_format_widgets``); without
   interpolation no RIFE node is in the graph, so a stack without ComfyUI-Frame-Interpolation runs every
@@ -325,9 +325,9 @@ def _remove_node(graph: dict[str, Any], node_id: str) -> None:
                 del node["inputs"][name]
 
 
-def _insert_rife(graph: dict[str, Any], wf: WorkflowSpec, multiplier: int) -> None:
-    """RIFE between whatever feeds the video node and the video node."""
-    video = graph[wf.output_node]["inputs"]
+def insert_rife(graph: dict[str, Any], video_node: str, multiplier: int) -> None:
+    """RIFE between whatever feeds the video node and the video node (also used by bench/features.py)."""
+    video = graph[video_node]["inputs"]
     graph[RIFE_NODE] = {
         "class_type": interpolation.RIFE_CLASS,
         "inputs": {
@@ -398,7 +398,7 @@ def bind(request: GenerateRequest, *, image_size: tuple[int, int], settings: Set
         _remove_node(graph, wf.t5_loader)
     multiplier = request.interpolate if interpolator != interpolation.NONE else 1
     if interpolator == interpolation.RIFE:
-        _insert_rife(graph, wf, multiplier)
+        insert_rife(graph, wf.output_node, multiplier)
     elif interpolator == interpolation.FFMPEG:
         _write_lossless(graph, wf)
     _fit_format_widgets(graph, wf)
