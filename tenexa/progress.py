@@ -99,6 +99,7 @@ class Sampler:
     phase: str  # sampling_high or sampling_low
     step_counts: frozenset[int]  # bar maxima that mean "denoising steps"; empty when unknown
     band: tuple[float, float]
+    segment: int = 1  # which window of a clip generated in consecutive windows
 
 
 class GraphPlan:
@@ -108,6 +109,7 @@ class GraphPlan:
         self.graph = graph if isinstance(graph, dict) else {}
         self.loaders: set[str] = set()
         self.decoders: set[str] = set()
+        self.segment_decoders: set[str] = set()  # decodes of a window that later windows start from
         self.interpolators: set[str] = set()
         self.encoders: set[str] = set()
         self.samplers: dict[str, Sampler] = {}
@@ -128,7 +130,11 @@ class GraphPlan:
                 self.interpolators.add(node_id)
             elif class_type in ENCODER_CLASSES:
                 self.encoders.add(node_id)
+        self._upstream_cache: dict[str, frozenset[str]] = {}
         self._assign_sampling_bands(sampler_steps)
+        feeding_samplers = set().union(*(self._upstream(n) for n in self.samplers)) if self.samplers else set()
+        self.segment_decoders = self.decoders & feeding_samplers
+        self.segments = sum(1 for sampler in self.samplers.values() if sampler.phase == "sampling_high") or 1
 
     def role(self, node_id: str | None) -> str | None:
         if node_id is None:
@@ -137,6 +143,8 @@ class GraphPlan:
             return "sampler"
         if node_id in self.loaders:
             return "loader"
+        if node_id in self.segment_decoders:
+            return "segment_decoder"
         if node_id in self.decoders:
             return "decoder"
         if node_id in self.interpolators:
@@ -182,14 +190,14 @@ class GraphPlan:
         if not sampler_steps:
             return
 
-        def depth(node_id: str, hops: int = 0) -> int:
-            # How many samplers come before this one along the `samples` links.
-            node = self.graph.get(node_id, {})
-            link = node.get("inputs", {}).get("samples") if isinstance(node, dict) else None
-            if not _is_link(link) or hops > 16:
-                return 0
-            upstream = str(link[0])
-            return depth(upstream, hops + 1) + (1 if upstream in sampler_steps else 0)
+        def depth(node_id: str) -> int:
+            # How many samplers run before this one: the LOW expert after its HIGH, a later window after the
+            # earlier windows it starts from (through the decode, the last frame and the encode).
+            return len(self._upstream(node_id) & set(sampler_steps))
+
+        def segment(node_id: str) -> int:
+            highs = {n for n, (phase, _, _) in sampler_steps.items() if phase == "sampling_high"}
+            return len((self._upstream(node_id) | {node_id}) & highs) or 1
 
         order = sorted(sampler_steps, key=lambda n: (depth(n), _numeric_key(n)))
         known = [seg for _, _, seg in sampler_steps.values() if seg]
@@ -201,8 +209,22 @@ class GraphPlan:
         for node_id, weight in zip(order, weights, strict=True):
             end = start + (hi - lo) * weight / total
             phase, counts, _ = sampler_steps[node_id]
-            self.samplers[node_id] = Sampler(phase, counts, (start, end))
+            self.samplers[node_id] = Sampler(phase, counts, (start, end), segment(node_id))
             start = end
+
+    def _upstream(self, node_id: str) -> frozenset[str]:
+        """Every node ``node_id`` depends on through its links (not itself)."""
+        if node_id not in self._upstream_cache:
+            found: set[str] = set()
+            stack = [node_id]
+            while stack:
+                node = self.graph.get(stack.pop())
+                for value in (node.get("inputs", {}) if isinstance(node, dict) else {}).values():
+                    if _is_link(value) and str(value[0]) not in found and str(value[0]) in self.graph:
+                        found.add(str(value[0]))
+                        stack.append(str(value[0]))
+            self._upstream_cache[node_id] = frozenset(found - {node_id})
+        return self._upstream_cache[node_id]
 
     def is_weight_load_bar(self, node_id: str, bar_max: int) -> bool:
         counts = self.samplers[node_id].step_counts
@@ -254,6 +276,7 @@ class ProgressReporter:
         self._total: int | None = None
         self._node: str | None = None
         self._percent = 0.0
+        self._segment = 1
         self._loaders_started: set[str] = set()
         self._samplers_loading: set[str] = set()
         self._load_bar_fraction = 0.0
@@ -351,7 +374,11 @@ class ProgressReporter:
                 self._step = self._total = None
             else:
                 self._enter(self._plan.samplers[node].phase, node=node)
+                self._segment = self._plan.samplers[node].segment
                 self._raise_percent(self._plan.samplers[node].band[0])
+        elif role == "segment_decoder":
+            # A window's decode in the middle of the sampling band: later windows start from it.
+            self._phase, self._node, self._step, self._total = "decoding", node, None, None
         elif role in ROLE_PHASES:
             self._enter(ROLE_PHASES[role], node=node)
             self._raise_percent(PHASE_BANDS[self._phase][0])
@@ -378,6 +405,7 @@ class ProgressReporter:
                 return True
             if self._phase != sampler.phase:
                 self._enter(sampler.phase, node=node)
+            self._segment = sampler.segment
             self._node, self._step, self._total = node, value, bar_max
             lo, hi = sampler.band
             self._raise_percent(lo + (hi - lo) * fraction)
@@ -425,8 +453,8 @@ class ProgressReporter:
         return round(max(0.0, (100.0 - self._percent) * elapsed / gained), 1)
 
     def payload(self) -> dict:
-        """The update as it would be sent now."""
-        return {
+        """The update as it would be sent now (with ``segment``/``segments`` when the clip has several windows)."""
+        payload = {
             "phase": self._phase,
             "step": self._step,
             "total": self._total,
@@ -434,6 +462,9 @@ class ProgressReporter:
             "eta_s": self._eta(self._clock()),
             "node": self._node,
         }
+        if self._plan.segments > 1:
+            payload.update(segment=self._segment, segments=self._plan.segments)
+        return payload
 
     # --- sending ----------------------------------------------------------------------------------------
 

@@ -38,6 +38,25 @@ def fit_frames(frames: int) -> int:
     return max(MIN_FRAMES, 4 * n + 1)
 
 
+def plan_segments(frames: int, window: int) -> list[int]:
+    """Frame counts of the consecutive windows a ``frames``-long (4n+1) clip is generated in.
+
+    Each window is 4n+1 frames, at most ``window``, and starts on the previous window's last frame, which the
+    join keeps once: ``sum(counts) - (len(counts) - 1) == frames``. As few windows as fit, as even as possible,
+    so that no window is a short tail: 161 at window 81 is 81 + 81, 165 is 57 + 57 + 53. One window when
+    ``frames`` fits.
+    """
+    if frames < MIN_FRAMES or (frames - 1) % 4:
+        raise ValueError(f"frames must be 4n+1 and at least {MIN_FRAMES}, got {frames}")
+    per_window = (window - 1) // 4  # latent steps (4 frames each) one window adds after its first frame
+    if per_window < 1:
+        raise ValueError(f"a window holds at least {MIN_FRAMES} frames, got {window}")
+    steps = (frames - 1) // 4
+    count = -(-steps // per_window)
+    base, extra = divmod(steps, count)
+    return [4 * (base + (1 if i < extra else 0)) + 1 for i in range(count)]
+
+
 def fit_side(pixels: float) -> int:
     """Nearest multiple of 16 (ties go up), clamped to [64, 1920]."""
     value = SIZE_MULTIPLE * round_half_up(pixels / SIZE_MULTIPLE)

@@ -87,6 +87,7 @@ class WorkflowSpec:
     output_node: str  # VHS_VideoCombine: the MP4
     t5_loader: str  # removed when text_encoder=cache
     uses_end_image: bool
+    encode_node: str = "541"  # WanVideoImageToVideoEncode: start (and end) image, frame count
     decode_node: str = "612"  # WanVideoDecode: the generated frames
 
 
@@ -99,6 +100,10 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
 RIFE_NODE = "700"
 LAST_FRAME_PICK, LAST_FRAME_SAVE = "701", "702"
 LAST_FRAME_INDEX = 4095  # ImageFromBatch's maximum; it clamps to the batch's last frame
+# A clip longer than one window: segment s (2, 3, ...) copies the encode, both samplers and the decode under
+# ids s * 1000 + the original id, and adds three join nodes at s * 1000 + these.
+SEGMENT_ID_STRIDE = 1000
+SEGMENT_PICK_LAST, SEGMENT_TRIM_FIRST, SEGMENT_JOIN = 801, 802, 803
 # Classes binding may add (recorded in tenexa/data/object_info.json beside the shipped graphs' classes).
 ADDED_CLASSES = (interpolation.RIFE_CLASS, "ImageFromBatch", "SaveImage", "ImageBatch")
 
@@ -325,6 +330,53 @@ def _remove_node(graph: dict[str, Any], node_id: str) -> None:
                 del node["inputs"][name]
 
 
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _chain_segments(graph: dict[str, Any], wf: WorkflowSpec, counts: list[int], seed: int) -> None:
+    """Generate ``counts`` frames per window, each window starting on the previous one's last frame, and join them.
+
+    Segment 1 is the shipped graph's own encode/samplers/decode. Each later segment is a copy of those four
+    nodes (sharing loaders, LoRAs, text embeddings, steps, CFG and split) whose start image is the previous
+    decode's last frame, taken from the decoded batch itself (never re-read from a lossy file), with its own
+    seed (seed + segment - 1). The end image (flf2v) conditions only the last segment. The join keeps each
+    previous segment's last frame and drops the next segment's first frame (the model's re-rendering of that
+    same frame), so no frame is duplicated or lost at a seam; the video node gets the joined batch.
+    """
+    per_segment = (wf.encode_node, wf.high_sampler, wf.low_sampler, wf.decode_node)
+    encode = graph[wf.encode_node]["inputs"]
+    end_link = encode.pop("end_image", None)
+    end_mode = encode.get("fun_or_fl2v_model")
+    if end_link is not None:
+        encode["fun_or_fl2v_model"] = False  # segment 1 is plain image-to-video when it is not the last
+    joined, previous_decode = [wf.decode_node, 0], wf.decode_node
+    for segment, count in enumerate(counts[1:], start=2):
+        ids = {old: str(segment * SEGMENT_ID_STRIDE + int(old)) for old in per_segment}
+        for old, new in ids.items():
+            node = copy.deepcopy(graph[old])
+            for name, value in node["inputs"].items():
+                if _is_link(value) and value[0] in ids:
+                    node["inputs"][name] = [ids[value[0]], value[1]]
+            node["_meta"] = {"title": f"{node.get('_meta', {}).get('title', node['class_type'])} (segment {segment})"}
+            graph[new] = node
+        pick, trim, join = (str(segment * SEGMENT_ID_STRIDE + n) for n in (SEGMENT_PICK_LAST, SEGMENT_TRIM_FIRST, SEGMENT_JOIN))
+        graph[pick] = {"class_type": "ImageFromBatch", "inputs": {"image": [previous_decode, 0], "batch_index": LAST_FRAME_INDEX,
+                                                                 "length": 1}, "_meta": {"title": f"segment {segment} start"}}
+        new_encode = graph[ids[wf.encode_node]]["inputs"]
+        new_encode.update(start_image=[pick, 0], num_frames=count)
+        if end_link is not None and segment == len(counts):
+            new_encode.update(end_image=end_link, fun_or_fl2v_model=end_mode)
+        for sampler in (wf.high_sampler, wf.low_sampler):
+            graph[ids[sampler]]["inputs"]["seed"] = seed + segment - 1
+        graph[trim] = {"class_type": "ImageFromBatch", "inputs": {"image": [ids[wf.decode_node], 0], "batch_index": 1,
+                                                                 "length": count - 1}, "_meta": {"title": f"segment {segment} without its first frame"}}
+        graph[join] = {"class_type": "ImageBatch", "inputs": {"image1": joined, "image2": [trim, 0]},
+                       "_meta": {"title": f"join segment {segment}"}}
+        joined, previous_decode = [join, 0], ids[wf.decode_node]
+    graph[wf.output_node]["inputs"]["images"] = joined
+
+
 def insert_rife(graph: dict[str, Any], video_node: str, multiplier: int) -> None:
     """RIFE between whatever feeds the video node and the video node (also used by bench/features.py)."""
     video = graph[video_node]["inputs"]
@@ -374,12 +426,14 @@ def _add_last_frame(graph: dict[str, Any], wf: WorkflowSpec, output_prefix: str)
 
 
 def bind(request: GenerateRequest, *, image_size: tuple[int, int], settings: Settings, start_image: str,
-         end_image: str | None, output_prefix: str, interpolator: str = interpolation.NONE) -> BoundWorkflow:
+         end_image: str | None, output_prefix: str, interpolator: str = interpolation.NONE,
+         window: int | None = None) -> BoundWorkflow:
     """The request's workflow with every parameter and runtime setting written in.
 
     ``image_size`` is the (width, height) of the start image (it sets the default output size);
     ``start_image``/``end_image`` are names LoadImage can open (uploaded to ComfyUI's input folder);
-    ``interpolator`` is what ``interpolation.choose`` picked for this job (``none`` ignores ``interpolate``).
+    ``interpolator`` is what ``interpolation.choose`` picked for this job (``none`` ignores ``interpolate``);
+    ``window`` is the most frames one generation window may have: a longer clip becomes consecutive segments.
     """
     wf = spec(request.workflow)
     if wf.uses_end_image != (end_image is not None):
@@ -390,12 +444,18 @@ def bind(request: GenerateRequest, *, image_size: tuple[int, int], settings: Set
     if problems:
         raise ConfigError("; ".join(problems))
     values = _values(request, image_size, settings, start_image, end_image, output_prefix, interpolator)
+    total_frames = values["frames"]
+    segments = wan.plan_segments(total_frames, window) if window else [total_frames]
+    values["frames"] = segments[0]  # the shipped encode is the first window
     graph = load_graph(wf.name, settings.workflow_dir)
     for param, targets in wf.bindings.items():
         for target in targets:
             _set(graph, target, values[param], wf.name)
     if values["text_encoder"] == "cache":
         _remove_node(graph, wf.t5_loader)
+    if len(segments) > 1:
+        _chain_segments(graph, wf, segments, request.seed)
+    values["frames"] = total_frames
     multiplier = request.interpolate if interpolator != interpolation.NONE else 1
     if interpolator == interpolation.RIFE:
         insert_rife(graph, wf.output_node, multiplier)
@@ -414,6 +474,7 @@ def bind(request: GenerateRequest, *, image_size: tuple[int, int], settings: Set
     used = {k: v for k, v in values.items() if k not in hidden}
     used["workflow"] = wf.name
     used["split"] = values["high_steps"]
+    used["segments"] = segments
     used.update(_output_report(request, image_size, values, interpolator, multiplier, video_format))
     return BoundWorkflow(wf.name, graph, used, wf.high_sampler, wf.low_sampler, wf.output_node,
                          last_frame_node=last_frame_node, finish=finish)

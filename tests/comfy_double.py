@@ -314,19 +314,36 @@ class ComfyDouble:
             return src.get("inputs", {}).get("value")
         return value
 
+    def _frames(self, graph: dict, link: Any, depth: int = 0) -> int:
+        """How many frames the IMAGE batch at ``link`` has, following the nodes that make or cut batches."""
+        node = graph.get(str(link[0])) if isinstance(link, list) and len(link) == 2 else None
+        if node is None or depth > 64:
+            return 9
+        kind, inputs = node.get("class_type"), node.get("inputs", {})
+        if kind == "WanVideoDecode":  # the frames its encode asked for: samples <- sampler <- image_embeds <- encode
+            sampler = graph.get(str(inputs["samples"][0]), {})
+            encode = graph.get(str(sampler.get("inputs", {}).get("image_embeds", [""])[0]), {})
+            return int(self._literal(graph, encode.get("inputs", {}).get("num_frames")) or 9)
+        if kind == "RepeatImageBatch":
+            return int(self._literal(graph, inputs.get("amount")) or 1)
+        if kind == "RIFE VFI":  # (n - 1) * m + 1, as the pack's frame loop makes
+            return (self._frames(graph, inputs["frames"], depth + 1) - 1) * int(inputs["multiplier"]) + 1
+        if kind == "ImageFromBatch":  # ComfyUI clamps the index and the length to the batch
+            count = self._frames(graph, inputs["image"], depth + 1)
+            index = min(count - 1, int(inputs["batch_index"]))
+            return min(count - index, int(inputs["length"]))
+        if kind == "ImageBatch":
+            return self._frames(graph, inputs["image1"], depth + 1) + self._frames(graph, inputs["image2"], depth + 1)
+        images = inputs.get("images", inputs.get("image"))
+        return self._frames(graph, images, depth + 1) if images is not None else 9
+
     def _write_outputs(self, graph: dict) -> dict:
-        frames, width, height = 9, 64, 64
+        width, height = 64, 64
         for node in graph.values():
             inputs = node.get("inputs", {})
-            for key in ("num_frames", "amount"):
-                if isinstance(self._literal(graph, inputs.get(key)), int):
-                    frames = self._literal(graph, inputs[key])
             if node.get("class_type") in ("WanVideoImageToVideoEncode", "ImageScale"):
                 width = int(self._literal(graph, inputs.get("width")) or width)
                 height = int(self._literal(graph, inputs.get("height")) or height)
-        for node in graph.values():
-            if node.get("class_type") == "RIFE VFI":  # (n - 1) * m + 1, as the pack's frame loop makes
-                frames = (frames - 1) * int(node["inputs"]["multiplier"]) + 1
         outputs = {}
         for node_id, node in graph.items():
             inputs = node.get("inputs", {})
@@ -336,7 +353,9 @@ class ComfyDouble:
                 name = f"{stem}_00001_.png"
                 path = self.root / "output" / subfolder / name
                 path.parent.mkdir(parents=True, exist_ok=True)
-                frame_image(frames - 1, width + width % 2, height + height % 2).save(path)
+                pick = graph.get(str(inputs["images"][0]), {})  # the last-frame tap: the last frame of its batch
+                last = self._frames(graph, pick.get("inputs", {}).get("image", inputs["images"])) - 1
+                frame_image(last, width + width % 2, height + height % 2).save(path)
                 outputs[node_id] = {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
                 continue
             if node.get("class_type") != "VHS_VideoCombine":
@@ -347,7 +366,7 @@ class ComfyDouble:
             extension, encoder, pix_fmt = VHS_FORMATS[video_format]
             name = f"{stem}_00001.{extension}"
             path = self.root / kind / subfolder / name
-            write_mp4(path, frames, width, height, fps, encoder, pix_fmt)
+            write_mp4(path, self._frames(graph, inputs.get("images")), width, height, fps, encoder, pix_fmt)
             (path.with_suffix(".png")).write_bytes(b"\x89PNG\r\n\x1a\n")
             outputs[node_id] = {"gifs": [{"filename": name, "subfolder": subfolder, "type": kind, "format": video_format,
                                           "frame_rate": fps, "workflow": name[:-len(extension) - 1] + ".png", "fullpath": str(path)}]}
