@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tenexa import interpolation, workflows
 from tenexa.comfy import ComfyClient
 from tenexa.config import Settings
 from tenexa.delivery import base64_length, deliver, deliver_image
+from tenexa.errors import ErrorCode, TenexaError
 from tenexa.formats import mime_type
 from tenexa.images import prepare_image
 from tenexa.logs import log
@@ -39,6 +41,22 @@ def choose_interpolator(request: GenerateRequest, settings: Settings, client: Co
         elif not client.has_node(interpolation.RIFE_CLASS):
             why_not = f"ComfyUI has no {interpolation.RIFE_CLASS!r} node (ComfyUI-Frame-Interpolation not loaded)"
     return interpolation.choose(request.interpolator, request.interpolate, rife_ready=not why_not, why_not=why_not)
+
+
+def _interpolate_in_worker(finish: workflows.WorkerFinish, source: Path, workspace: JobWorkspace, *, deadline: float,
+                           cancel: threading.Event | None) -> Path:
+    """The ffmpeg interpolator's pass and the job's one final encode; stops at a cancel or the job's deadline."""
+
+    def check() -> None:
+        if cancel is not None and cancel.is_set():
+            raise TenexaError(ErrorCode.CANCELLED, "the job was cancelled during frame interpolation")
+        if time.monotonic() > deadline:
+            raise TenexaError(ErrorCode.TIMEOUT, "frame interpolation did not finish before COMFY_EXEC_TIMEOUT")
+
+    dest = workspace.scratch / f"video.{finish.video_format.container}"
+    interpolation.interpolate_video(source, dest, multiplier=finish.multiplier, fps=finish.fps, video_format=finish.video_format,
+                                    crf=finish.crf, check=check)
+    return dest
 
 
 def generate(
@@ -82,10 +100,8 @@ def generate(
         if bound.finish is not None:
             reporter.phase("interpolating")
             t_interpolate = time.monotonic()
-            finish = bound.finish
-            video_path = workspace.scratch / f"video.{finish.video_format.container}"
-            interpolation.interpolate_video(result.video_path, video_path, multiplier=finish.multiplier, fps=finish.fps,
-                                            video_format=finish.video_format, crf=finish.crf)
+            video_path = _interpolate_in_worker(bound.finish, result.video_path, workspace,
+                                                deadline=started + settings.exec_timeout, cancel=cancel)
             video = probe_video(video_path)
             interpolate_s = time.monotonic() - t_interpolate
         last_frame = fetch_image(client, result.run, bound.last_frame_node, workspace) if bound.last_frame_node else None

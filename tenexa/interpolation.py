@@ -15,6 +15,7 @@ originals are kept, ``m - 1`` new frames between each pair):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -65,12 +66,14 @@ def choose(requested: str, multiplier: int, *, rife_ready: bool, why_not: str = 
     return RIFE
 
 
-def interpolate_video(source: Path, dest: Path, *, multiplier: int, fps: float, video_format: VideoFormat, crf: int) -> int:
+def interpolate_video(source: Path, dest: Path, *, multiplier: int, fps: float, video_format: VideoFormat, crf: int,
+                      check: Callable[[], None] | None = None) -> int:
     """``minterpolate`` ``source`` by ``multiplier`` into ``dest`` at ``fps``, encoded once as ``video_format``.
 
     ``source`` is the graph's lossless intermediate. The filter runs at ``multiplier`` times the source's rate;
     the frames are then written at ``fps`` (the source rate times the multiplier, or the source rate for slow
-    motion). Returns the frame count written, ``(n - 1) * multiplier + 1``.
+    motion). ``check`` runs before each source frame and may raise to stop (cancel, deadline). Returns the
+    frame count written, ``(n - 1) * multiplier + 1``.
     """
     import av  # the worker imports PyAV on first use (start-up time)
 
@@ -119,6 +122,8 @@ def interpolate_video(source: Path, dest: Path, *, multiplier: int, fps: float, 
 
             last, step = None, 1
             for frame in inp.decode(src_stream):
+                if check is not None:
+                    check()
                 frames_in += 1
                 if last is not None and frame.pts is not None and last.pts is not None:
                     step = max(1, frame.pts - last.pts)

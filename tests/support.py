@@ -39,3 +39,4 @@ class RecordingClient(ComfyClient):
         """Whether a node of ``class_type`` executed in the last prompt (ComfyUI sent ``executing`` for it)."""
         nodes = {node for _, node in self.results[-1].timeline if node}
         return any(spec["class_type"] == class_type for node_id, spec in self.graphs[-1].items() if node_id in nodes)
+

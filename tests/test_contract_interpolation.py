@@ -116,3 +116,28 @@ def test_failed_ffmpeg_interpolation_leaves_nothing_behind(comfy_double, monkeyp
     assert info.value.code is ErrorCode.GENERATION_ERROR
     assert [p for kind in ("input", "output", "temp") for p in (comfy_double.root / kind).rglob("*") if p.is_file()] == []
     assert sorted(Path(tempfile.gettempdir()).glob("tenexa-job-*")) == before
+
+
+@pytest.mark.parametrize(("how", "code"), [("cancel", ErrorCode.CANCELLED), ("deadline", ErrorCode.TIMEOUT)])
+def test_ffmpeg_interpolation_stops_at_a_cancel_or_the_deadline_and_cleans_up(comfy_double, monkeypatch, how, code):
+    import threading
+
+    from tenexa import generate as generate_module
+
+    cancel = threading.Event()
+    real = interpolation.interpolate_video
+
+    def interrupted(*args, check, **kwargs):
+        if how == "cancel":
+            cancel.set()
+        else:
+            monkeypatch.setattr(generate_module.time, "monotonic", lambda: float("inf"))
+        return real(*args, check=check, **kwargs)
+
+    monkeypatch.setattr(interpolation, "interpolate_video", interrupted)
+    before = sorted(Path(tempfile.gettempdir()).glob("tenexa-job-*"))
+    with pytest.raises(TenexaError) as info:
+        generate("interp", job(interpolate=2), settings=settings_for(comfy_double), client=ComfyClient(comfy_double.url), cancel=cancel)
+    assert info.value.code is code and "interpolation" in info.value.message
+    assert [p for kind in ("input", "output", "temp") for p in (comfy_double.root / kind).rglob("*") if p.is_file()] == []
+    assert sorted(Path(tempfile.gettempdir()).glob("tenexa-job-*")) == before

@@ -55,9 +55,9 @@ def test_aspect_ratio_9_16_gives_a_portrait_clip_and_the_last_frame(comfy_server
     with av.open(io.BytesIO(base64.b64decode(response["video_base64"]))) as container:
         frames = [f.to_image() for f in container.decode(container.streams.video[0])]
     assert len(frames) == 5
-    # the PNG is the last frame before the lossy encode: nearest to the decoded last frame, within codec error
+    # the PNG is the last frame before the lossy encode: by far the nearest to the decoded last frame
     distances = [mean_difference(last, frame) for frame in frames]
-    assert distances[-1] == min(distances) and distances[-1] < 6.0, distances
+    assert distances[-1] < 0.5 * min(distances[:-1]), distances
 
 
 def test_the_start_image_is_centre_cropped_not_stretched(comfy_server, cpu_settings):

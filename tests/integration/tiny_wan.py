@@ -109,10 +109,32 @@ def random_vae(comfy_root: Path) -> tuple[dict[str, torch.Tensor], str]:
     vae_module = importlib.import_module("tenexa_wvw.wanvideo.wan_video_vae")
     torch.manual_seed(0)
     try:
-        return vae_module.WanVideoVAE(dtype=torch.float32, pruning_rate=0.75).state_dict(), "light"
+        return finite_init(vae_module.WanVideoVAE(dtype=torch.float32, pruning_rate=0.75).state_dict()), "light"
     except Exception as exc:  # noqa: BLE001 - fall back to the full VAE, say why
         print(f"light VAE failed ({exc!r}); building the full VAE", file=sys.stderr)
-        return vae_module.WanVideoVAE(dtype=torch.float32, pruning_rate=0.0).state_dict(), "full"
+        return finite_init(vae_module.WanVideoVAE(dtype=torch.float32, pruning_rate=0.0).state_dict()), "full"
+
+
+def finite_init(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Fill every float tensor with values a forward pass keeps finite.
+
+    The wrapper builds the VAE without initialising its parameters (uninitialised memory: values up to 1e38 and
+    NaN), so a decode of such weights is NaN and every frame comes out black, which makes frames of a tiny run
+    indistinguishable. Weights get N(0, 1/fan_in), biases 0, norm scales (gamma) 1.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            out[name] = tensor
+        elif name.endswith("gamma"):
+            out[name] = torch.ones_like(tensor)
+        elif name.endswith("bias") or tensor.dim() < 2:
+            out[name] = torch.zeros_like(tensor)
+        else:
+            fan_in = tensor[0].numel()
+            out[name] = torch.randn(tensor.shape, generator=gen) / fan_in**0.5
+    return out
 
 
 def write_random_rife(comfy_root: Path, path: Path, seed: int = 400) -> list[str]:
