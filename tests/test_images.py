@@ -8,12 +8,13 @@ import struct
 import threading
 import time
 import zlib
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
-from tenexa import images
+from tenexa import fetch
 from tenexa.config import load_settings
 from tenexa.errors import ErrorCode, TenexaError
 from tenexa.images import decode_base64, fetch_url, normalize_image, prepare_image
@@ -174,14 +175,14 @@ def test_allowed_when_configured_and_prepared(server):
 def test_redirect_into_private_space_is_checked_at_every_hop(server, monkeypatch):
     base, routes = server
     routes["/hop"] = _send(b"", 302, {"Location": "http://169.254.169.254/latest/meta-data/"})
-    real_check = images._check_host
+    real_check = fetch.check_hop
     calls = []
 
-    def first_hop_public(url, field, allow):
-        calls.append(url)
-        real_check(url, field, allow or len(calls) == 1)  # pretend only the first hop is public
+    def first_hop_public(url, field, policy, codes):
+        calls.append(url)  # pretend only the first hop is public
+        return real_check(url, field, replace(policy, allow_private=policy.allow_private or len(calls) == 1), codes)
 
-    monkeypatch.setattr(images, "_check_host", first_hop_public)
+    monkeypatch.setattr(fetch, "check_hop", first_hop_public)
     assert code(fetch_url, base + "/hop", "image_url", SETTINGS) is ErrorCode.URL_BLOCKED
     assert calls[-1].startswith("http://169.254.169.254")
 
