@@ -1,4 +1,4 @@
-"""Generate mode: request → images → bound Wan graph → ComfyUI → video → delivery."""
+"""Generate mode: request → images and LoRA URLs → bound Wan graph → ComfyUI → video → delivery."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from tenexa.config import Settings
 from tenexa.delivery import deliver
 from tenexa.images import prepare_image
 from tenexa.logs import log
+from tenexa.loras import fetch_loras
 from tenexa.pipeline import run_graph
 from tenexa.progress import ProgressReporter
 from tenexa.request import parse_generate
@@ -34,6 +35,7 @@ def generate(
     request = parse_generate(job_input)
     start = prepare_image(request.image, settings)
     end = prepare_image(request.end_image, settings) if request.end_image else None
+    request = fetch_loras(request, settings)
     client.wait_until_ready(settings.ready_timeout)
 
     workspace = JobWorkspace(settings.comfy_root, job_id)
