@@ -5,14 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import struct
-import threading
 import time
 import zlib
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
+from url_server import UrlServer
 
 from tenexa import fetch
 from tenexa.config import load_settings
@@ -107,41 +106,13 @@ def test_base64_forms():
 # ------------------------------------------------------------------------------------ URL fetching
 
 
-class _Handler(BaseHTTPRequestHandler):
-    routes: dict = {}
-
-    def do_GET(self):  # noqa: N802
-        route = self.routes.get(self.path)
-        if route is None:
-            self.send_response(404)
-            self.end_headers()
-            return
-        route(self)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
-    yield base, _Handler.routes
-    _Handler.routes = {}
-    srv.shutdown()
+    with UrlServer() as srv:
+        yield srv.url(""), srv.routes
 
 
-def _send(body: bytes, status=200, headers=None):
-    def route(h):
-        h.send_response(status)
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
-    return route
+_send = UrlServer.body
 
 
 def allow_private(**kw):
