@@ -35,7 +35,7 @@ def generate(
     request = parse_generate(job_input)
     start = prepare_image(request.image, settings)
     end = prepare_image(request.end_image, settings) if request.end_image else None
-    request = fetch_loras(request, settings)
+    request = fetch_loras(request, settings, cancel=cancel)
     client.wait_until_ready(settings.ready_timeout)
 
     workspace = JobWorkspace(settings.comfy_root, job_id)

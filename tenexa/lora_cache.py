@@ -109,8 +109,9 @@ class LoraCache:
 
     def _use(self, sha256: str, size: int) -> CacheEntry | None:
         path = self.path(sha256)
-        try:
+        with contextlib.suppress(OSError):  # a read-only volume still serves its files, unranked
             os.utime(path)  # the file's mtime is its last use: this is what keeps it from eviction
+        try:
             stat = path.stat()
         except OSError:
             return None

@@ -23,6 +23,7 @@ import json
 import math
 import re
 import struct
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -280,8 +281,8 @@ def _check_module(path: str, roles: dict[str, Tensor], kind: ModuleKind, dim: in
 class LoraDownload:
     """A ``fetch`` sink: writes the file, hashes it, and checks the header the moment it has arrived."""
 
-    def __init__(self, path: Path, field: str, dim: int):
-        self.field, self.dim = field, dim
+    def __init__(self, path: Path, field: str, dim: int, cancel: threading.Event | None = None):
+        self.field, self.dim, self.cancel = field, dim, cancel
         self.size = 0
         self.tensors: dict[str, Tensor] | None = None
         self.summary: LoraSummary | None = None
@@ -291,6 +292,8 @@ class LoraDownload:
         self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by finish() or close()
 
     def write(self, chunk: bytes) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise TenexaError(ErrorCode.CANCELLED, f"cancelled while downloading {self.field}")
         try:
             self._file.write(chunk)
         except OSError as exc:
@@ -321,18 +324,27 @@ class LoraDownload:
         self._file.close()
 
 
-def fetch_lora(url: str, field: str, *, cache: LoraCache, policy: UrlPolicy, settings: Settings) -> CacheEntry:
+def fetch_lora(url: str, field: str, *, cache: LoraCache, policy: UrlPolicy, settings: Settings,
+               cancel: threading.Event | None = None) -> CacheEntry:
     """The cached file for ``url``, downloading and checking it first when it is not cached yet."""
     entry = cache.lookup(url)
     if entry is not None:
         return entry
+    try:
+        return _download(url, field, cache=cache, policy=policy, settings=settings, cancel=cancel)
+    except OSError as exc:  # the cache's filesystem (full, read-only, gone); download errors are TenexaErrors already
+        raise TenexaError(ErrorCode.LORA_FETCH_FAILED, f"{field}: cannot use the LoRA cache at {cache.root} ({exc.strerror})") from None
+
+
+def _download(url: str, field: str, *, cache: LoraCache, policy: UrlPolicy, settings: Settings,
+              cancel: threading.Event | None) -> CacheEntry:
     timeout = settings.lora_url_timeout
     with cache.url_lock(url, timeout=timeout + LOCK_MARGIN_S, field=field):
         entry = cache.lookup(url)  # another job may have fetched it while this one waited
         if entry is not None:
             return entry
         part = cache.new_part()
-        download = LoraDownload(part, field, settings.lora_model_dim)
+        download = LoraDownload(part, field, settings.lora_model_dim, cancel)
         try:
             max_bytes = min(int(settings.max_lora_mb * 1e6), cache.limit_bytes)
             fetch(url, field, download.write, max_bytes=max_bytes, timeout=timeout, codes=LORA_CODES, policy=policy)
@@ -349,7 +361,7 @@ def fetch_lora(url: str, field: str, *, cache: LoraCache, policy: UrlPolicy, set
 
 
 def fetch_loras(request: GenerateRequest, settings: Settings, *, policy: UrlPolicy | None = None,
-                cache: LoraCache | None = None) -> GenerateRequest:
+                cache: LoraCache | None = None, cancel: threading.Event | None = None) -> GenerateRequest:
     """The request with every LoRA URL replaced by the name ComfyUI lists for its cached file."""
     if not any(ref.url for ref in request.loras):
         return request
@@ -362,7 +374,7 @@ def fetch_loras(request: GenerateRequest, settings: Settings, *, policy: UrlPoli
             continue
         field = f"{ref.field}.url"
         try:
-            entry = fetch_lora(ref.url, field, cache=cache, policy=policy, settings=settings)
+            entry = fetch_lora(ref.url, field, cache=cache, policy=policy, settings=settings, cancel=cancel)
         except TenexaError as err:
             err.details.setdefault("field", field)
             raise

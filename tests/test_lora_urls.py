@@ -356,6 +356,27 @@ def test_lora_url_http_failures_are_lora_fetch_failed(tmp_path):
     assert code_of(loras.fetch_loras, unresolvable, settings).code is ErrorCode.LORA_FETCH_FAILED
 
 
+def test_lora_url_download_stops_when_the_job_is_cancelled(tmp_path):
+    settings = cache_settings(tmp_path)
+    cancel = threading.Event()
+    with UrlServer() as srv:
+        srv.routes["/slow.safetensors"] = slow_body(wan_lora(DIM, blocks=8), 10.0)
+        threading.Timer(0.5, cancel.set).start()
+        started = time.monotonic()
+        err = code_of(loras.fetch_loras, request_with({"url": srv.url("/slow.safetensors")}), settings, cancel=cancel)
+    assert err.code is ErrorCode.CANCELLED and time.monotonic() - started < 5
+    assert not [p for p in (tmp_path / "loras").rglob("*") if p.is_file()]
+
+
+def test_lora_url_with_an_unusable_cache_folder_is_lora_fetch_failed(tmp_path):
+    (tmp_path / "loras").write_text("a file where the cache folder should be")
+    settings = cache_settings(tmp_path)
+    with UrlServer() as srv:
+        srv.routes["/a.safetensors"] = srv.body(wan_lora(DIM))
+        err = code_of(loras.fetch_loras, request_with({"url": srv.url("/a.safetensors")}), settings)
+    assert err.code is ErrorCode.LORA_FETCH_FAILED and "LoRA cache" in err.message and err.details["field"] == "loras[0].url"
+
+
 def test_lora_url_redirect_is_followed_and_cached_by_the_url_asked_for(tmp_path):
     settings = cache_settings(tmp_path)
     data = wan_lora(DIM, seed=11)
