@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tenexa import manifest, validator, workflows
+from tenexa import custom, manifest, validator, workflows
 from tenexa.comfy import ComfyClient
 from tenexa.config import REPO_ROOT, Settings
 from tenexa.errors import TenexaError
@@ -157,6 +157,7 @@ def diagnose(settings: Settings, client: ComfyClient, *, selftest: bool = False)
         "node_check": node_check,
         "workflow_checks": _workflow_checks(settings, object_info),
         "settings": workflows.runtime_report(settings),
+        "custom_workflows": custom.settings_report(settings),
     }
     if selftest:
         report["selftest"] = run_selftest(settings, client) if reachable else {"ok": False, "error": "ComfyUI unreachable"}
