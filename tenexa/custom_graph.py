@@ -37,6 +37,7 @@ from typing import Any
 
 from tenexa import validator
 from tenexa.errors import ErrorCode, TenexaError
+from tenexa.validator import literal_int
 
 DEFAULT_PREFIX = "ComfyUI"
 MAX_PREFIX_CHARS = 200
@@ -336,21 +337,6 @@ def _check_schema(graph: Mapping[str, Any], object_info: Mapping[str, Any], *, r
 # ------------------------------------------------------------------------------------------------- sizes
 
 
-def _literal_int(graph: Mapping[str, Any], value: Any, depth: int = 0) -> int | None:
-    """An int literal, or the literal ``value`` of a constant node it links to (PrimitiveInt, INTConstant...)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if _is_link(value) and depth < 8:
-        source = graph.get(str(value[0]))
-        if isinstance(source, Mapping):
-            return _literal_int(graph, (source.get("inputs") or {}).get("value"), depth + 1)
-    return None
-
-
 def check_sizes(graph: Mapping[str, Any], limits: Limits) -> None:
     """Estimate how many images/frames each node makes and refuse the graph when one makes too many or too
     many pixels. A node's count is the largest count flowing into it, replaced by its own ``batch_size`` x
@@ -363,12 +349,12 @@ def check_sizes(graph: Mapping[str, Any], limits: Limits) -> None:
         total = max((counts.get(up, 1) for up in _upstream(graph, node_id)), default=1)
         own = 1
         for name in sorted(COUNT_INPUTS & set(inputs)):
-            value = _literal_int(graph, inputs[name])
+            value = literal_int(graph, inputs[name])
             if value and value > 0:
                 own *= value
         total = max(total, own)
         for name in sorted(MULTIPLIER_INPUTS & set(inputs)):
-            value = _literal_int(graph, inputs[name])
+            value = literal_int(graph, inputs[name])
             if value and value > 1:
                 total *= value
         counts[node_id] = total
@@ -376,7 +362,7 @@ def check_sizes(graph: Mapping[str, Any], limits: Limits) -> None:
         if total > limits.max_batch:
             problems.append(f"{where} would make about {total} images or frames; the limit is {limits.max_batch} "
                             "(CUSTOM_WORKFLOW_MAX_BATCH)")
-        width, height = _literal_int(graph, inputs.get("width")), _literal_int(graph, inputs.get("height"))
+        width, height = literal_int(graph, inputs.get("width")), literal_int(graph, inputs.get("height"))
         if width and height and width > 0 and height > 0 and width * height * total > limits.max_pixels:
             problems.append(f"{where} would make {total} x {width}x{height} = {width * height * total} pixels; the limit is "
                             f"{limits.max_pixels} (CUSTOM_WORKFLOW_MAX_PIXELS)")
