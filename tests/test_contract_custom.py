@@ -15,6 +15,8 @@ from pathlib import Path
 import av
 import pytest
 from comfy_double import Behaviour
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from support import settings_for
 
@@ -203,3 +205,30 @@ def test_unused_images_are_not_fetched(worker):
     out = run_job(job(images=[{"name": "input.png", "image": IMAGE},
                               {"name": "spare.png", "url": "http://127.0.0.1:9/never-fetched.png"}]))
     assert out["status"] == "completed" and out["ignored_images"] == ["spare.png"]
+
+
+def test_diagnose_reports_the_switch_and_limits(worker):
+    report = run_job({"diagnose": True})
+    assert report["custom_workflows"] == {"enabled": True, "max_nodes": 500, "max_batch": 1024, "max_pixels": 600_000_000,
+                                          "max_images": MAX_IMAGES, "max_output_files": 100}
+
+
+CLASSES = sorted(SCHEMA) + ["EvilNode"]
+literals = st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False) | st.text(max_size=12) \
+    | st.sampled_from(["input.png", "../x", "/etc/passwd", "x [output]", "bilinear", "mp4"])
+links = st.tuples(st.sampled_from(["10", "11", "12", "13", "99"]), st.integers(-1, 3)).map(list)
+node = st.fixed_dictionaries({"class_type": st.sampled_from(CLASSES),
+                              "inputs": st.dictionaries(st.sampled_from(["image", "images", "filename_prefix", "amount", "width",
+                                                                         "height", "batch_size", "video", "fps", "value", "x"]),
+                                                        literals | links, max_size=5)})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["10", "11", "12", "13", "14", "15", "x"]), node, max_size=6))
+def test_fuzzed_graphs_never_crash(worker, graph):
+    out = run_job(job(graph))
+    assert out["status"] in ("completed", "failed")
+    if out["status"] == "failed":
+        assert out["error_code"] != "INTERNAL_ERROR", out["error"]
+        assert "\n" not in out["error"]
+    assert leftovers(worker) == []
