@@ -39,7 +39,7 @@ from tenexa.workspace import JobWorkspace
 
 MAX_IMAGES = 16  # images one request may carry (each within MAX_IMAGE_BYTES / MAX_IMAGE_PIXELS)
 MAX_OUTPUT_FILES = 100  # files one response may carry
-SCHEMA_TRUSTED_S = 5.0  # a cached /object_info younger than this is not fetched again to double-check a refusal
+SCHEMA_TRUSTED_S = 60.0  # a cached /object_info younger than this is not fetched again to double-check a refusal
 KNOWN_KEYS = frozenset({"workflow", "images", "output", "test", "diagnose", "selftest"})
 URL_SCHEMES = ("http://", "https://")
 

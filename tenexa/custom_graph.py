@@ -16,8 +16,9 @@ node schemas (``/object_info``) and rewritten before it is submitted:
   ComfyUI writes nothing elsewhere and cleanup removes it; a prefix that is absolute, climbs with ``..``, or is
   not a literal string is refused. Preview nodes (PreviewImage and kin write unnamed files into ComfyUI's
   shared temp folder, for an editor nobody watches) are removed; ``SaveImageWebsocket`` (frames over the
-  socket, which this worker does not read) becomes ``SaveImage``; VideoHelperSuite's ``save_metadata`` is
-  turned off (it writes a shared ``temp/metadata.txt``).
+  socket, which this worker does not read) becomes ``SaveImage``; VideoHelperSuite's ``save_metadata`` (a
+  shared ``temp/metadata.txt``) and WanVideoWrapper's ``use_disk_cache`` (embedding files in the pack's
+  folder) are turned off.
 - **Limits.** At most ``max_nodes`` nodes; no node may make more than ``max_batch`` images or frames
   (``batch_size``, ``length``, ``num_frames``... set a count, ``amount``/``multiplier`` multiply what flows
   in) nor more than ``max_pixels`` width x height x count. Counts are followed through links, so chained
@@ -48,7 +49,10 @@ PREVIEW_CLASSES = frozenset({
     "PreviewAnimation", "ImageAndMaskPreview", "FastPreview",  # KJNodes
 })
 CONVERTED_CLASSES = {"SaveImageWebsocket": "SaveImage"}
-NEUTRALISED_INPUTS = {"VHS_VideoCombine": {"save_metadata": False}}
+NEUTRALISED_INPUTS = {"VHS_VideoCombine": {"save_metadata": False}}  # only where the graph sets it (a format widget)
+# Inputs set wherever a node declares them: WanVideoWrapper's text encoders cache embeddings as files in
+# their own pack folder (outside every job folder, kept forever) when use_disk_cache is on.
+FORCED_INPUTS = {"use_disk_cache": False}
 
 DENIED_CLASSES: dict[str, str] = {
     **dict.fromkeys(
@@ -115,6 +119,9 @@ def check_shape(graph: Any, limits: Limits) -> None:
             "in ComfyUI use Workflow > Export (API) and send that JSON object as workflow"])
     if not isinstance(graph, Mapping) or not graph:
         raise _refuse(ErrorCode.INVALID_WORKFLOW, ["must be a non-empty API-format graph: an object of node id -> {class_type, inputs}"])
+    if isinstance(graph.get("prompt"), Mapping) and "class_type" not in graph["prompt"]:
+        raise _refuse(ErrorCode.INVALID_WORKFLOW, [
+            "this looks like a whole /prompt request body; send its 'prompt' object (the graph itself) as workflow"])
     if len(graph) > limits.max_nodes:
         raise _refuse(ErrorCode.WORKFLOW_TOO_LARGE, [
             f"{len(graph)} nodes; this worker runs at most {limits.max_nodes} (CUSTOM_WORKFLOW_MAX_NODES)"])
@@ -273,6 +280,9 @@ def confine(
             node["inputs"]["filename_prefix"] = confined.prefixes[node_id] = prefix
         for name, value in NEUTRALISED_INPUTS.get(class_type, {}).items():
             if name in node["inputs"]:
+                node["inputs"][name] = value
+        for name, value in FORCED_INPUTS.items():
+            if name in declared:
                 node["inputs"][name] = value
     if refused:
         raise _refuse(ErrorCode.WORKFLOW_NOT_ALLOWED, refused)

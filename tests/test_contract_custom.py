@@ -193,7 +193,7 @@ def test_comfyui_rejection_drops_the_cached_schema(worker):
 def test_a_refusal_is_checked_again_against_fresh_schemas(worker):
     """A node class the cached schema lacks may come from a pack ComfyUI loaded since: one fresh look."""
     handler.CLIENT.cached_object_info()
-    handler.CLIENT._schema = (time.monotonic() - 60, handler.CLIENT._schema[1])  # an older copy
+    handler.CLIENT._schema = (time.monotonic() - 120, handler.CLIENT._schema[1])  # an older copy
     graph = _graph(**{"12": {"class_type": "EvilNode", "inputs": {"image": ["11", 0]}}})
     assert run_job(job(graph))["error_code"] == "INVALID_WORKFLOW"
     assert worker.calls.object_info == 2

@@ -77,6 +77,7 @@ def test_ui_format_is_refused_with_export_instructions():
     ({}, "non-empty API-format graph"),
     ({"1": "LoadImage"}, "node 1 is not an object"),
     ({"1": {"inputs": {}}}, "node 1 is not an object"),
+    ({"prompt": EXPORTED, "client_id": "abc"}, "send its 'prompt' object"),
 ])
 def test_shapeless_graphs_are_invalid(graph, needle):
     err = refused(graph)
@@ -211,6 +212,19 @@ def test_vhs_metadata_file_is_turned_off():
                       pingpong=False, save_output=True)
     node = run(graph).graph["40"]["inputs"]
     assert node["save_metadata"] is False and node["filename_prefix"] == f"{JOB}/vhs"
+
+
+def test_wan_text_embedding_disk_cache_is_turned_off():
+    schema = copy.deepcopy(SCHEMA)
+    schema["WanVideoTextEncodeCached"]["input"]["required"]["model_name"][0] = ["umt5-xxl-enc-bf16.safetensors"]
+    graph = with_node(EXPORTED, "70", "WanVideoTextEncodeCached", model_name="umt5-xxl-enc-bf16.safetensors", precision="bf16",
+                      positive_prompt="a cat", negative_prompt="", quantization="disabled", device="cpu")
+    for sent in (True, None):  # on, and left to the node's default
+        graph["70"]["inputs"].pop("use_disk_cache", None)
+        if sent is not None:
+            graph["70"]["inputs"]["use_disk_cache"] = sent
+        out = confine(graph, schema, image_names=["input.png"], job_folder=JOB, limits=LIMITS)
+        assert out.graph["70"]["inputs"]["use_disk_cache"] is False
 
 
 # ---------------------------------------------------------------------------------------- refused nodes
