@@ -232,3 +232,16 @@ def test_fuzzed_graphs_never_crash(worker, graph):
         assert out["error_code"] != "INTERNAL_ERROR", out["error"]
         assert "\n" not in out["error"]
     assert leftovers(worker) == []
+
+
+def test_progress_reports_worker_phases_in_order(worker):
+    from tenexa.custom import run_custom
+
+    sent: list[dict] = []
+    settings = settings_for(worker, ALLOW_CUSTOM_WORKFLOWS="true", PROGRESS_INTERVAL="0")
+    out = run_custom("progress", job(), settings=settings, client=ComfyClient(worker.url), send_progress=sent.append)
+    assert out["status"] == "completed"
+    phases = [p["phase"] for p in sent]
+    assert phases[0] == "uploading" and "queued" in phases and phases[-1] == "delivering"
+    percents = [p["percent"] for p in sent]
+    assert percents == sorted(percents)
