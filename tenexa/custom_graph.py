@@ -91,7 +91,6 @@ class ConfinedGraph:
     graph: dict[str, Any]
     uploads: dict[str, str]  # request image name -> file name in the job's input folder
     removed: list[str] = field(default_factory=list)  # preview node ids taken out
-    prefixes: dict[str, str] = field(default_factory=dict)  # node id -> filename_prefix as submitted
 
 
 def _refuse(code: ErrorCode, problems: list[str], node_errors: dict | None = None) -> TenexaError:
@@ -277,7 +276,7 @@ def confine(
             except ValueError as exc:
                 refused.append(str(exc))
                 continue
-            node["inputs"]["filename_prefix"] = confined.prefixes[node_id] = prefix
+            node["inputs"]["filename_prefix"] = prefix
         for name, value in NEUTRALISED_INPUTS.get(class_type, {}).items():
             if name in node["inputs"]:
                 node["inputs"][name] = value
