@@ -70,6 +70,10 @@ SETTINGS: dict[str, Spec] = {
     "vae_precision": Spec("TENEXA_VAE_PRECISION", str, "bf16", "VAE precision; fp32 on CPU (bf16 Conv3d on CPU is unusably slow)"),
     "text_encoder": Spec("TENEXA_TEXT_ENCODER", str, "t5", "t5 (load umt5-xxl) or cache (test-only: embeddings from the wrapper's disk cache)"),
     "refresh_on_crash": Spec("REFRESH_ON_CRASH", _bool, True, "ask RunPod for a fresh worker when ComfyUI dies mid-job"),
+    "allow_custom_workflows": Spec("ALLOW_CUSTOM_WORKFLOWS", _bool, False, "accept a caller's own API-format graph as workflow (lets callers run any installed node)"),
+    "custom_max_nodes": Spec("CUSTOM_WORKFLOW_MAX_NODES", int, 500, "most nodes a custom workflow may have"),
+    "custom_max_batch": Spec("CUSTOM_WORKFLOW_MAX_BATCH", int, 1024, "most images/frames one node of a custom workflow may make (batch_size, length, amount...)"),
+    "custom_max_pixels": Spec("CUSTOM_WORKFLOW_MAX_PIXELS", int, 600_000_000, "most width x height x batch one node of a custom workflow may make"),
 }
 
 
@@ -110,6 +114,10 @@ class Settings:
     vae_precision: str
     text_encoder: str
     refresh_on_crash: bool
+    allow_custom_workflows: bool
+    custom_max_nodes: int
+    custom_max_batch: int
+    custom_max_pixels: int
 
     @property
     def comfy_url(self) -> str:

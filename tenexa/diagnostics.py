@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tenexa import files, lora_cache, manifest, validator, workflows
+from tenexa import custom, files, lora_cache, manifest, validator, workflows
 from tenexa.comfy import ComfyClient
 from tenexa.config import REPO_ROOT, Settings
 from tenexa.errors import TenexaError
@@ -156,6 +156,7 @@ def diagnose(settings: Settings, client: ComfyClient, *, selftest: bool = False)
         "workflow_checks": _workflow_checks(settings, object_info),
         "settings": workflows.runtime_report(settings),
         "lora_cache": lora_cache.LoraCache.from_settings(settings).report(),
+        "custom_workflows": custom.settings_report(settings),
     }
     if selftest:
         report["selftest"] = run_selftest(settings, client) if reachable else {"ok": False, "error": "ComfyUI unreachable"}

@@ -53,8 +53,9 @@ def decode_base64(text: str, field: str, max_bytes: int) -> bytes:
     return raw
 
 
-def normalize_image(raw: bytes, field: str, max_pixels: int) -> PreparedImage:
-    """Decode fully (so truncation is caught here, not in ComfyUI) and re-encode as 8-bit RGB PNG."""
+def normalize_image(raw: bytes, field: str, max_pixels: int, *, keep_alpha: bool = False) -> PreparedImage:
+    """Decode fully (so truncation is caught here, not in ComfyUI) and re-encode as 8-bit RGB PNG (RGBA when
+    ``keep_alpha`` and the image has transparency: a custom graph's LoadImage turns alpha into its mask)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -70,7 +71,7 @@ def normalize_image(raw: bytes, field: str, max_pixels: int) -> PreparedImage:
                 fmt = img.format or "unknown"
                 frame = next(ImageSequence.Iterator(img)) if getattr(img, "is_animated", False) else img
                 frame.load()
-                converted = _to_rgb(ImageOps.exif_transpose(frame) or frame)
+                converted = _to_rgb(ImageOps.exif_transpose(frame) or frame, keep_alpha=keep_alpha)
                 mode = frame.mode
     except TenexaError:
         raise
@@ -84,9 +85,11 @@ def normalize_image(raw: bytes, field: str, max_pixels: int) -> PreparedImage:
     return PreparedImage(out.getvalue(), converted.width, converted.height, fmt, None if mode == "RGB" else mode)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, *, keep_alpha: bool = False) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if keep_alpha and ("A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)):
+        return img.convert("RGBA")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grey: scale to 8 bits instead of clipping.
         img = img.point(lambda v: v / 256).convert("L") if img.mode != "I" else img.convert("F").point(lambda v: v / 256).convert("L")
@@ -109,7 +112,7 @@ def fetch_url(url: str, field: str, settings: Settings, policy: UrlPolicy | None
                        codes=IMAGE_CODES, policy=policy or UrlPolicy.from_settings(settings))
 
 
-def prepare_image(source: ImageSource, settings: Settings) -> PreparedImage:
+def prepare_image(source: ImageSource, settings: Settings, *, keep_alpha: bool = False) -> PreparedImage:
     if source.base64 is not None:
         raw = decode_base64(source.base64, source.field, settings.max_image_bytes)
     else:
@@ -117,4 +120,4 @@ def prepare_image(source: ImageSource, settings: Settings) -> PreparedImage:
         raw = fetch_url(source.url, source.field, settings)
     if len(raw) > settings.max_image_bytes:
         raise TenexaError(ErrorCode.IMAGE_TOO_LARGE, f"{source.field}: {len(raw)} bytes; the limit is {settings.max_image_bytes}")
-    return normalize_image(raw, source.field, settings.max_image_pixels)
+    return normalize_image(raw, source.field, settings.max_image_pixels, keep_alpha=keep_alpha)

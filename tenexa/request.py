@@ -92,11 +92,14 @@ class GenerateRequest:
 
 
 def select_mode(job_input: Mapping[str, Any]) -> str:
-    """``test`` and ``diagnose`` are flags; everything else is a generate request."""
+    """``test`` and ``diagnose`` are flags; a ``workflow`` object is a caller's own graph (worker-comfyui's
+    request shape); everything else is a generate request (``workflow`` as a string names a built-in graph)."""
     if job_input.get("test") is True:
         return "test"
     if job_input.get("diagnose") is True:
         return "diagnose"
+    if isinstance(job_input.get("workflow"), Mapping):
+        return "custom"
     return "generate"
 
 
