@@ -3,6 +3,7 @@
     {"input": {"test": true}}                         -> health check, in-process, well under a second
     {"input": {"diagnose": true, "selftest": true}}   -> what is installed and whether the pipeline works
     {"input": {"image_base64": ..., ...}}             -> generate an MP4 (the default)
+    {"input": {"workflow": {<API graph>}, "images": [...]}} -> run a caller's own graph (ALLOW_CUSTOM_WORKFLOWS)
 
 The handler is async so that RunPod's /cancel and execution timeout reach it: the blocking work runs in a
 thread, and a cancellation sets an event that makes the thread interrupt ComfyUI and clean up.
@@ -19,6 +20,7 @@ from typing import Any
 
 from tenexa.comfy import ComfyClient
 from tenexa.config import ConfigError, load_settings
+from tenexa.custom import run_custom
 from tenexa.diagnostics import diagnose, health
 from tenexa.errors import ErrorCode, TenexaError
 from tenexa.generate import generate
@@ -44,6 +46,8 @@ def run_mode(mode: str, job: dict, job_input: Any, cancel: threading.Event) -> d
     try:
         if mode == "diagnose":
             return diagnose(SETTINGS, CLIENT, selftest=job_input.get("selftest") is True)
+        if mode == "custom":
+            return run_custom(job_id, job_input, settings=SETTINGS, client=CLIENT, cancel=cancel, send_progress=progress_sender(job))
         return generate(job_id, job_input, settings=SETTINGS, client=CLIENT, cancel=cancel, send_progress=progress_sender(job))
     except TenexaError as err:
         log.info("job %s: failed %s: %s", job_id, err.code.value, err.message)

@@ -1,4 +1,4 @@
-"""Generate mode: request → images → bound Wan graph → ComfyUI → (ffmpeg interpolation) → video → delivery."""
+"""Generate mode: request → images and LoRA URLs → bound Wan graph → ComfyUI → (ffmpeg interpolation) → video → delivery."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tenexa.errors import ErrorCode, TenexaError
 from tenexa.formats import mime_type
 from tenexa.images import prepare_image
 from tenexa.logs import log
+from tenexa.loras import fetch_loras
 from tenexa.pipeline import fetch_image, run_graph
 from tenexa.progress import ProgressReporter
 from tenexa.request import GenerateRequest, parse_generate
@@ -72,6 +73,7 @@ def generate(
     request = parse_generate(job_input)
     start = prepare_image(request.image, settings)
     end = prepare_image(request.end_image, settings) if request.end_image else None
+    request = fetch_loras(request, settings, cancel=cancel)
     client.wait_until_ready(settings.ready_timeout)
 
     interpolator = choose_interpolator(request, settings, client)

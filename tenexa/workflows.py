@@ -32,7 +32,7 @@ from typing import Any
 
 from tenexa import formats, interpolation, manifest, wan
 from tenexa.config import REPO_ROOT, ConfigError, Settings
-from tenexa.request import GenerateRequest
+from tenexa.request import MAX_EXTRA_LORAS, GenerateRequest
 
 # ------------------------------------------------------------------------------------------ binding tables
 
@@ -60,6 +60,10 @@ I2V_BINDINGS: dict[str, tuple[str, ...]] = {
     "lora_high_strength": ("279.strength_0",),
     "lora_low": ("553.lora_0",),
     "lora_low_strength": ("553.strength_0",),
+    # slots 1-4 of each expert's WanVideoLoraSelectMulti: the request's `loras` list, "none" when unused
+    **{f"lora_{expert}_{slot}{suffix}": (f"{node}.{kind}_{slot}",)
+       for expert, node in (("high", "279"), ("low", "553")) for slot in range(1, MAX_EXTRA_LORAS + 1)
+       for suffix, kind in (("", "lora"), ("_strength", "strength"))},
     "output_prefix": ("131.filename_prefix",),
     # runtime settings
     "attention_mode": ("122.attention_mode", "549.attention_mode"),
@@ -268,6 +272,29 @@ def runtime_report(settings: Settings) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ binding
 
 
+def _extra_lora_values(request: GenerateRequest) -> dict[str, Any]:
+    """The ``loras`` list spread over slots 1-4 of each expert, in request order; unused slots stay "none"."""
+    values: dict[str, Any] = {}
+    for expert in ("high", "low"):
+        refs = [ref for ref in request.loras if ref.applies_to(expert)]
+        for slot in range(1, MAX_EXTRA_LORAS + 1):
+            ref = refs[slot - 1] if slot <= len(refs) else None
+            if ref is not None and ref.name is None:
+                raise ValueError(f"{ref.field}: the LoRA URL was not fetched before binding")
+            values[f"lora_{expert}_{slot}"] = ref.name if ref else NO_LORA
+            values[f"lora_{expert}_{slot}_strength"] = ref.strength if ref else 1.0
+    return values
+
+
+def _used_loras(request: GenerateRequest) -> list[dict[str, Any]]:
+    used = []
+    for expert in ("high", "low"):
+        for slot, ref in enumerate((r for r in request.loras if r.applies_to(expert)), start=1):
+            used.append({"field": ref.field, "expert": expert, "slot": slot, "name": ref.name, "strength": ref.strength,
+                         **({"sha256": ref.sha256} if ref.sha256 else {})})
+    return used
+
+
 def _values(request: GenerateRequest, image_size: tuple[int, int], settings: Settings, start_image: str,
             end_image: str | None, output_prefix: str, interpolator: str) -> dict[str, Any]:
     """Every bound parameter's final value, after the Wan rules and the defaults are applied."""
@@ -304,6 +331,7 @@ def _values(request: GenerateRequest, image_size: tuple[int, int], settings: Set
         "lora_high_strength": request.lora_high_strength,
         "lora_low": lora_low,
         "lora_low_strength": request.lora_low_strength,
+        **_extra_lora_values(request),
         "output_prefix": output_prefix,
         "attention_mode": resolve_attention(settings),
         **_model_settings(settings),
@@ -470,8 +498,11 @@ def bind(request: GenerateRequest, *, image_size: tuple[int, int], settings: Set
         out_fps = interpolation.output_fps(request.fps, multiplier, request.adjust_fps_for_interpolation)
         finish = WorkerFinish(multiplier, out_fps, video_format, values["crf"])
 
-    hidden = ("prompt", "negative_prompt", "use_disk_cache", "video_format", "pix_fmt")
+    slots = _extra_lora_values(request)
+    hidden = ("prompt", "negative_prompt", "use_disk_cache", "video_format", "pix_fmt", *slots)
     used = {k: v for k, v in values.items() if k not in hidden}
+    if request.loras:
+        used["loras"] = _used_loras(request)
     used["workflow"] = wf.name
     used["split"] = values["high_steps"]
     used["segments"] = segments

@@ -88,6 +88,7 @@ class Calls:
     interrupts: list[Any] = field(default_factory=list)
     queue_deletes: list[Any] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
+    object_info: int = 0
 
 
 class ComfyDouble:
@@ -98,6 +99,7 @@ class ComfyDouble:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.behaviour = Behaviour()
+        self.object_info_body: dict = reference_json("object_info_filtered.json")
         self.calls = Calls()
         self.history: dict[str, dict] = {}
         self.missing_classes: set[str] = set()  # classes /object_info/{class} denies (a pack not loaded)
@@ -159,7 +161,8 @@ class ComfyDouble:
         return web.json_response(reference_json("get_system_stats.json")["json"])
 
     async def object_info(self, request: web.Request) -> web.Response:
-        return web.json_response(reference_json("object_info_filtered.json"))
+        self.calls.object_info += 1
+        return web.json_response(self.object_info_body)
 
     async def object_info_class(self, request: web.Request) -> web.Response:
         """One class, as ComfyUI answers ``/object_info/{class}``: ``{}`` for a class no loaded pack provides."""
@@ -334,7 +337,7 @@ class ComfyDouble:
             return min(count - index, int(inputs["length"]))
         if kind == "ImageBatch":
             return self._frames(graph, inputs["image1"], depth + 1) + self._frames(graph, inputs["image2"], depth + 1)
-        images = inputs.get("images", inputs.get("image"))
+        images = inputs.get("images", inputs.get("image", inputs.get("video")))
         return self._frames(graph, images, depth + 1) if images is not None else 9
 
     def _write_outputs(self, graph: dict) -> dict:
@@ -347,14 +350,18 @@ class ComfyDouble:
         outputs = {}
         for node_id, node in graph.items():
             inputs = node.get("inputs", {})
-            prefix = inputs.get("filename_prefix", "AnimateDiff")
+            if node.get("class_type") == "SaveVideo":
+                outputs[node_id] = self._write_core_output(node, self._frames(graph, inputs.get("video")), width, height)
+                continue
+            prefix = inputs.get("filename_prefix", "ComfyUI" if node.get("class_type") == "SaveImage" else "AnimateDiff")
             subfolder, _, stem = prefix.rpartition("/")
-            if node.get("class_type") == "SaveImage":
+            if node.get("class_type") == "SaveImage":  # one PNG: the last frame of the batch it gets
                 name = f"{stem}_00001_.png"
                 path = self.root / "output" / subfolder / name
                 path.parent.mkdir(parents=True, exist_ok=True)
-                pick = graph.get(str(inputs["images"][0]), {})  # the last-frame tap: the last frame of its batch
-                last = self._frames(graph, pick.get("inputs", {}).get("image", inputs["images"])) - 1
+                source = inputs.get("images")
+                pick = graph.get(str(source[0]), {}) if isinstance(source, list) else {}
+                last = self._frames(graph, pick.get("inputs", {}).get("image", source)) - 1
                 frame_image(last, width + width % 2, height + height % 2).save(path)
                 outputs[node_id] = {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
                 continue
@@ -371,3 +378,12 @@ class ComfyDouble:
             outputs[node_id] = {"gifs": [{"filename": name, "subfolder": subfolder, "type": kind, "format": video_format,
                                           "frame_rate": fps, "workflow": name[:-len(extension) - 1] + ".png", "fullpath": str(path)}]}
         return outputs
+
+    def _write_core_output(self, node: dict, frames: int, width: int, height: int) -> dict:
+        """Core SaveVideo: an MP4 reported as ``images`` + ``animated``, as recorded in run_core_video.json; names
+        follow folder_paths.get_save_image_path: ``<prefix>_<counter:05>_.<ext>``."""
+        prefix = node["inputs"].get("filename_prefix", "ComfyUI")
+        subfolder, _, stem = prefix.rpartition("/")
+        name = f"{stem}_00001_.mp4"
+        write_mp4(self.root / "output" / subfolder / name, frames, width, height, 8.0)
+        return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": [True]}
