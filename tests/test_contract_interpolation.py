@@ -105,21 +105,29 @@ def test_interpolation_one_is_no_interpolation(comfy_double):
     assert out["used"]["interpolator"] == "none" and out["frames"] == 9 and out["fps"] == 16.0
 
 
-def test_failed_ffmpeg_interpolation_leaves_nothing_behind(comfy_double, monkeypatch):
+def private_scratch(monkeypatch, tmp_path) -> Path:
+    """Job scratch folders in a folder of this test's own (other processes share the system temp folder)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+def test_failed_ffmpeg_interpolation_leaves_nothing_behind(comfy_double, monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise TenexaError(ErrorCode.GENERATION_ERROR, "ffmpeg interpolation failed: boom")
 
     monkeypatch.setattr(interpolation, "interpolate_video", broken)
-    before = sorted(Path(tempfile.gettempdir()).glob("tenexa-job-*"))
+    scratch = private_scratch(monkeypatch, tmp_path)
     with pytest.raises(TenexaError) as info:
         run(comfy_double, job(interpolate=2))
     assert info.value.code is ErrorCode.GENERATION_ERROR
     assert [p for kind in ("input", "output", "temp") for p in (comfy_double.root / kind).rglob("*") if p.is_file()] == []
-    assert sorted(Path(tempfile.gettempdir()).glob("tenexa-job-*")) == before
+    assert list(scratch.iterdir()) == []
 
 
 @pytest.mark.parametrize(("how", "code"), [("cancel", ErrorCode.CANCELLED), ("deadline", ErrorCode.TIMEOUT)])
-def test_ffmpeg_interpolation_stops_at_a_cancel_or_the_deadline_and_cleans_up(comfy_double, monkeypatch, how, code):
+def test_ffmpeg_interpolation_stops_at_a_cancel_or_the_deadline_and_cleans_up(comfy_double, monkeypatch, tmp_path, how, code):
     import threading
 
     from tenexa import generate as generate_module
@@ -135,9 +143,9 @@ def test_ffmpeg_interpolation_stops_at_a_cancel_or_the_deadline_and_cleans_up(co
         return real(*args, check=check, **kwargs)
 
     monkeypatch.setattr(interpolation, "interpolate_video", interrupted)
-    before = sorted(Path(tempfile.gettempdir()).glob("tenexa-job-*"))
+    scratch = private_scratch(monkeypatch, tmp_path)
     with pytest.raises(TenexaError) as info:
         generate("interp", job(interpolate=2), settings=settings_for(comfy_double), client=ComfyClient(comfy_double.url), cancel=cancel)
     assert info.value.code is code and "interpolation" in info.value.message
     assert [p for kind in ("input", "output", "temp") for p in (comfy_double.root / kind).rglob("*") if p.is_file()] == []
-    assert sorted(Path(tempfile.gettempdir()).glob("tenexa-job-*")) == before
+    assert list(scratch.iterdir()) == []
