@@ -73,13 +73,15 @@ class Behaviour:
     """What the double does with the next prompts. ``mode`` is one of:
     success, reject (400 with ``reject_body``), error (runtime execution_error), hang (runs until interrupted),
     drop (closes the socket mid-run, finishes while the client is away), no_output, crash (the server dies
-    mid-run), slow (success after ``delay`` seconds).
+    mid-run), slow (success after ``delay`` seconds). ``at_node`` is where error and hang happen (default: the
+    graph's last node).
     """
 
     mode: str = "success"
     reject_body: dict | None = None
     delay: float = 0.0
     node_seconds: float = 0.01
+    at_node: str | None = None
 
 
 @dataclass
@@ -258,7 +260,7 @@ class ComfyDouble:
         await send("execution_start", {"timestamp": now_ms()})
         messages.append(["execution_start", {"prompt_id": pid, "timestamp": now_ms()}])
         await send("execution_cached", {"nodes": [], "timestamp": now_ms()})
-        order = list(graph)
+        order = self._execution_order(graph)
         if b.delay:
             await asyncio.sleep(b.delay)
         for i, node_id in enumerate(order):
@@ -271,7 +273,8 @@ class ComfyDouble:
             if b.mode == "crash" and i == len(order) // 2:
                 asyncio.get_running_loop().call_soon(lambda: threading.Thread(target=self.stop, daemon=True).start())
                 return
-            if b.mode == "error" and i == len(order) - 1:
+            at_fault = node_id == b.at_node if b.at_node is not None else i == len(order) - 1
+            if b.mode == "error" and at_fault:
                 err = reference_json("err_d_runtime_corrupt_image.json")
                 data = next(m["data"] for m in err["ws_messages"] if m.get("type") == "execution_error")
                 data = {**data, "prompt_id": pid, "node_id": node_id, "node_type": graph[node_id]["class_type"]}
@@ -281,7 +284,7 @@ class ComfyDouble:
                 await self._send(client_id, "status", {"status": {"exec_info": {"queue_remaining": 0}}})
                 await send("executing", {"node": None})
                 return
-            if b.mode == "hang" and i == len(order) - 1:
+            if b.mode == "hang" and at_fault:
                 while pid not in self._interrupted and "*" not in self._interrupted:
                     await send("progress", {"value": 0, "max": 10, "node": node_id})
                     await asyncio.sleep(0.2)
@@ -301,6 +304,21 @@ class ComfyDouble:
         self._finish(pid, graph, client_id, "success", outputs, messages)
         await self._send(client_id, "status", {"status": {"exec_info": {"queue_remaining": 0}}})
         await send("executing", {"node": None})
+
+    @staticmethod
+    def _execution_order(graph: dict) -> list[str]:
+        """Nodes after the nodes they link to (as ComfyUI runs them), otherwise in the graph's own order."""
+        deps = {n: {str(v[0]) for v in (spec.get("inputs") or {}).values() if isinstance(v, list) and len(v) == 2
+                    and str(v[0]) in graph} for n, spec in graph.items() if isinstance(spec, dict)}
+        order: list[str] = []
+        done: set[str] = set()
+        while len(order) < len(deps):
+            ready = [n for n in deps if n not in done and deps[n] <= done]
+            if not ready:  # a cycle (ComfyUI would refuse it): run the rest as listed
+                ready = [n for n in deps if n not in done]
+            order.extend(ready)
+            done.update(ready)
+        return order
 
     def _finish(self, pid: str, graph: dict, client_id: str | None, status: str, outputs: dict, messages: list) -> None:
         self.history[pid] = {
