@@ -139,6 +139,9 @@ def comfy_server(comfy_install: ComfyInstall, tiny_models: TinyModels, tmp_path_
         [str(comfy_install.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
          "--disable-auto-launch", "--extra-model-paths-config", str(extra_paths)],
         cwd=comfy_install.root, stdout=log, stderr=subprocess.STDOUT,
+        # Unbuffered, as entrypoint.sh starts it: a test that reads the log right after a job must see that job's
+        # lines (block-buffered, a node's print() could land in the file during the next job).
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"http://127.0.0.1:{port}"
     server = ComfyServer(url, port, comfy_install.root, log_path, tiny_models.models_dir, process)
