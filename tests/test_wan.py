@@ -215,7 +215,7 @@ def test_split_counts_the_timesteps_at_or_above_900(steps, shift, scheduler):
     timesteps, margin = wan.scheduler_timesteps(scheduler, steps, shift)
     assert len(timesteps) == steps
     assert all(a >= b for a, b in itertools.pairwise(timesteps))  # every schedule runs from noise to clean
-    assert 0 < timesteps[0] <= 1000
+    assert 0 < timesteps[0] <= 1000.001  # float32 shifting can land a hair above 1000, in the pack too
     split = _split_or_none(steps, shift, scheduler)
     if split is None:
         assert margin > 0 and any(abs(t - 900) <= margin + 1 for t in timesteps)
