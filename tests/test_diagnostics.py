@@ -6,6 +6,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tenexa import diagnostics, manifest
 from tenexa.config import load_settings
@@ -109,3 +111,31 @@ def test_host_memory_report(ram_total, ok):
         assert report["reason"].startswith(f"host RAM {ram_total / GB:g}.0 GB is below the {report['need_gb']} GB")
         assert "TENEXA_LOAD_DEVICE=offload_device" in report["reason"]
     assert set(report["parts_gb"]) == {"diffusion_models", "text_encoders", "vae", "loras", "comfyui_overhead"}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actual=st.integers(0, 5000), expected=st.integers(1, 5000) | st.none())
+def test_a_file_counts_as_present_exactly_when_its_size_matches(roots, actual, expected):
+    settings, comfy, volume, place = roots
+    entries = manifest.parse_manifest({"models": [entry_dict("x", "loras", "x.safetensors", size=expected)]})
+    place(volume, "loras", "x.safetensors", b"\0" * actual)
+    original = manifest.load_manifest
+    manifest.load_manifest = lambda path=None: entries
+    try:
+        report = diagnostics._manifest_report(settings)
+    finally:
+        manifest.load_manifest = original
+    matches = expected is None or actual == expected
+    assert (report["present"] == ["x"]) is matches and bool(report["wrong_size"]) is not matches and report["ok"] is matches
+
+
+@given(swap=st.integers(0, 40), device=st.sampled_from(["offload_device", "main_device"]), t5=st.sampled_from(["t5", "cache"]))
+def test_host_memory_need_is_monotone_in_what_stays_on_the_host(swap, device, t5):
+    env = {"COMFY_ROOT": "/nonexistent", "VOLUME_ROOT": "/nonexistent", "TENEXA_BLOCKS_TO_SWAP": str(swap),
+           "TENEXA_LOAD_DEVICE": device, "TENEXA_TEXT_ENCODER": t5}
+    need = diagnostics.host_memory_need(load_settings(env))["need_bytes"]
+    most = diagnostics.host_memory_need(load_settings({**env, "TENEXA_LOAD_DEVICE": "offload_device", "TENEXA_TEXT_ENCODER": "t5"}))
+    assert diagnostics.HOST_OVERHEAD_BYTES < need <= most["need_bytes"]
+    if device == "main_device" and swap < 40:
+        more = diagnostics.host_memory_need(load_settings({**env, "TENEXA_BLOCKS_TO_SWAP": str(swap + 1)}))["need_bytes"]
+        assert more > need  # every swapped block is held in host RAM

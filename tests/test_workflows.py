@@ -321,6 +321,12 @@ def test_quantizations_that_keep_the_e4m3fn_weights_are_accepted(quantization):
     assert workflows.settings_problems(load_settings({"TENEXA_QUANTIZATION": quantization})) == []
 
 
+@pytest.mark.parametrize("quantization", workflows.QUANTIZATIONS)
+def test_exactly_the_precision_keeping_quantizations_pass(quantization):
+    problems = workflows.settings_problems(load_settings({"TENEXA_QUANTIZATION": quantization}))
+    assert (problems == []) is (quantization in workflows.KEPT_PRECISION_QUANTIZATIONS), problems
+
+
 @pytest.mark.parametrize("quantization", ["fp8_e5m2", "fp8_e5m2_scaled", "fp8_e5m2_fast", "fp8_e5m2_scaled_fast"])
 def test_e5m2_quantizations_are_refused_as_lossy(quantization):
     (problem,) = workflows.settings_problems(load_settings({"TENEXA_QUANTIZATION": quantization}))
