@@ -4,6 +4,7 @@
     {"input": {"diagnose": true, "selftest": true}}   -> what is installed and whether the pipeline works
     {"input": {"warmup": true}}                       -> load the models the next generate needs; the load time
     {"input": {"image_base64": ..., ...}}             -> generate an MP4 (the default)
+    {"input": {"workflow": {<API graph>}, "images": [...]}} -> run a caller's own graph (ALLOW_CUSTOM_WORKFLOWS)
 
 The handler is async so that RunPod's /cancel and execution timeout reach it: the blocking work runs in a
 thread, and a cancellation sets an event that makes the thread interrupt ComfyUI and clean up.
@@ -20,6 +21,7 @@ from typing import Any
 
 from tenexa.comfy import ComfyClient
 from tenexa.config import ConfigError, load_settings
+from tenexa.custom import run_custom
 from tenexa.diagnostics import diagnose, health
 from tenexa.errors import ErrorCode, TenexaError
 from tenexa.generate import generate
@@ -50,6 +52,8 @@ def run_mode(mode: str, job: dict, job_input: Any, cancel: threading.Event) -> d
                             verify_hashes=job_input.get("verify_hashes") is True)
         if mode == "warmup":
             return warmup(job_id, settings=SETTINGS, client=CLIENT, cancel=cancel)
+        if mode == "custom":
+            return run_custom(job_id, job_input, settings=SETTINGS, client=CLIENT, cancel=cancel, send_progress=progress_sender(job))
         return generate(job_id, job_input, settings=SETTINGS, client=CLIENT, cancel=cancel, send_progress=progress_sender(job))
     except TenexaError as err:
         log.info("job %s: failed %s: %s", job_id, err.code.value, err.message)

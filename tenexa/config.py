@@ -47,7 +47,13 @@ SETTINGS: dict[str, Spec] = {
     "max_image_bytes": Spec("MAX_IMAGE_BYTES", int, 25 * 1024 * 1024, "largest accepted input image, encoded bytes"),
     "max_image_pixels": Spec("MAX_IMAGE_PIXELS", int, 40_000_000, "largest accepted input image, width x height (decompression-bomb guard)"),
     "image_url_timeout": Spec("IMAGE_URL_TIMEOUT", float, 20.0, "seconds allowed to download one image_url, connect to last byte"),
-    "allow_private_urls": Spec("ALLOW_PRIVATE_URLS", _bool, False, "let image_url reach loopback/private/link-local addresses (off: SSRF guard)"),
+    "allow_private_urls": Spec("ALLOW_PRIVATE_URLS", _bool, False, "let image_url and LoRA URLs reach loopback/private/link-local addresses (off: SSRF guard)"),
+    "max_lora_mb": Spec("MAX_LORA_MB", float, 3000.0, "largest LoRA file accepted from a URL, decimal MB (a rank-256 fp16 A14B LoRA is ~2.5 GB)"),
+    "lora_url_timeout": Spec("LORA_URL_TIMEOUT", float, 300.0, "seconds allowed to download one LoRA URL, connect to last byte"),
+    "lora_cache_dir": Spec("LORA_CACHE_DIR", Path, None, "LoRA URL cache, a folder directly inside a loras folder ComfyUI lists "
+                           "(default: VOLUME_ROOT/models/loras/tenexa-url with a volume, else COMFY_ROOT/models/loras/tenexa-url)"),
+    "lora_cache_gb": Spec("LORA_CACHE_GB", float, 20.0, "size bound of the LoRA URL cache, decimal GB; least recently used files go first"),
+    "lora_model_dim": Spec("LORA_MODEL_DIM", int, 5120, "hidden size a LoRA must fit: 5120 for the Wan2.2-A14B experts (tests use tiny models)"),
     "max_window_frames": Spec("MAX_WINDOW_FRAMES", int, 81, "most frames one generation window may have (4n+1, 5-241); Wan2.2 is trained at 81 and drifts back to the first frame beyond"),
     "max_latent_tokens": Spec("MAX_LATENT_TOKENS", int, 75_600, "latent-token budget of one window, ((frames-1)/4+1) x (W/16) x (H/16); 75600 = 1280x720 at 81 frames"),
     "max_response_mb": Spec("MAX_RESPONSE_MB", float, 15.0, "largest JSON response; a bigger base64 video goes to the bucket or fails OUTPUT_TOO_LARGE"),
@@ -67,6 +73,10 @@ SETTINGS: dict[str, Spec] = {
     "vae_precision": Spec("TENEXA_VAE_PRECISION", str, "bf16", "VAE precision; fp32 on CPU (bf16 Conv3d on CPU is unusably slow)"),
     "text_encoder": Spec("TENEXA_TEXT_ENCODER", str, "t5", "t5 (load umt5-xxl) or cache (test-only: embeddings from the wrapper's disk cache)"),
     "refresh_on_crash": Spec("REFRESH_ON_CRASH", _bool, True, "ask RunPod for a fresh worker when ComfyUI dies mid-job"),
+    "allow_custom_workflows": Spec("ALLOW_CUSTOM_WORKFLOWS", _bool, False, "accept a caller's own API-format graph as workflow (lets callers run any installed node)"),
+    "custom_max_nodes": Spec("CUSTOM_WORKFLOW_MAX_NODES", int, 500, "most nodes a custom workflow may have"),
+    "custom_max_batch": Spec("CUSTOM_WORKFLOW_MAX_BATCH", int, 1024, "most images/frames one node of a custom workflow may make (batch_size, length, amount...)"),
+    "custom_max_pixels": Spec("CUSTOM_WORKFLOW_MAX_PIXELS", int, 600_000_000, "most width x height x batch one node of a custom workflow may make"),
 }
 
 
@@ -86,6 +96,11 @@ class Settings:
     max_image_pixels: int
     image_url_timeout: float
     allow_private_urls: bool
+    max_lora_mb: float
+    lora_url_timeout: float
+    lora_cache_dir: Path | None
+    lora_cache_gb: float
+    lora_model_dim: int
     max_window_frames: int
     max_latent_tokens: int
     max_response_mb: float
@@ -105,6 +120,10 @@ class Settings:
     vae_precision: str
     text_encoder: str
     refresh_on_crash: bool
+    allow_custom_workflows: bool
+    custom_max_nodes: int
+    custom_max_batch: int
+    custom_max_pixels: int
 
     @property
     def comfy_url(self) -> str:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tenexa import manifest, validator, workflows
+from tenexa import custom, files, lora_cache, manifest, validator, workflows
 from tenexa.comfy import ComfyClient
 from tenexa.config import REPO_ROOT, Settings
 from tenexa.errors import TenexaError
@@ -35,8 +34,7 @@ def _disk(path: Path) -> dict:
 
 
 def volume_mounted(settings: Settings) -> bool:
-    root = settings.volume_root
-    return os.path.ismount(root) or (root.is_dir() and any(root.iterdir()))
+    return files.volume_mounted(settings.volume_root)
 
 
 def health(settings: Settings, client: ComfyClient) -> dict:
@@ -238,6 +236,8 @@ def diagnose(settings: Settings, client: ComfyClient, *, selftest: bool = False,
         "node_check": node_check,
         "workflow_checks": _workflow_checks(settings, object_info),
         "settings": workflows.runtime_report(settings),
+        "lora_cache": lora_cache.LoraCache.from_settings(settings).report(),
+        "custom_workflows": custom.settings_report(settings),
     }
     if selftest:
         report["selftest"] = run_selftest(settings, client) if reachable else {"ok": False, "error": "ComfyUI unreachable"}

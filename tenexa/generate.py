@@ -1,4 +1,4 @@
-"""Generate mode: request → images → bound Wan graph → ComfyUI → video → delivery."""
+"""Generate mode: request → images and LoRA URLs → bound Wan graph → ComfyUI → video → delivery."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from tenexa.config import Settings
 from tenexa.delivery import deliver
 from tenexa.images import PreparedImage, prepare_image
 from tenexa.logs import log
+from tenexa.loras import fetch_loras
 from tenexa.pipeline import PipelineResult, run_graph
 from tenexa.progress import ProgressReporter
 from tenexa.request import GenerateRequest, parse_generate
@@ -76,6 +77,8 @@ def generate(
     request = parse_generate(job_input, max_frames=settings.max_window_frames)
     start = prepare_image(request.image, settings)
     end = prepare_image(request.end_image, settings) if request.end_image else None
+    workflows.check_window(request, (start.width, start.height), settings)  # before any LoRA is downloaded
+    request = fetch_loras(request, settings, cancel=cancel)
     with rendered(job_id, request, start, end, settings=settings, client=client, deadline=started + settings.exec_timeout,
                   cancel=cancel, send_progress=send_progress) as (bound, result, reporter):
         reporter.phase("delivering")

@@ -24,6 +24,9 @@ MAX_SEED = 2**53 - 1  # exact in JSON doubles, and within WanVideoSampler's 0..2
 MAX_IMAGE_TEXT = 40 * 1024 * 1024  # base64 characters; the decoded size is checked against MAX_IMAGE_BYTES later
 MAX_URL_CHARS = 2048
 MAX_NAME_CHARS = 255
+LORA_EXPERTS = ("high", "low", "both")
+LORA_KEYS = ("url", "name", "strength", "expert")
+MAX_EXTRA_LORAS = 4  # per expert: WanVideoLoraSelectMulti has 5 slots and slot 0 holds lora_high / lora_low
 
 DEFAULT_NEGATIVE_PROMPT = (
     "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
@@ -40,6 +43,25 @@ class ImageSource:
     field: str
     base64: str | None = None
     url: str | None = None
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """One entry of ``loras``: a LoRA by URL or by file name, for one expert or both.
+
+    ``name`` is the file name ComfyUI lists; for a URL entry it is filled in once the file is in the cache
+    (``tenexa.loras.fetch_loras``), together with ``sha256``.
+    """
+
+    field: str  # "loras[0]", for messages
+    strength: float
+    expert: str  # high | low | both
+    url: str | None = None
+    name: str | None = None
+    sha256: str | None = None
+
+    def applies_to(self, expert: str) -> bool:
+        return self.expert in (expert, "both")
 
 
 @dataclass(frozen=True)
@@ -64,14 +86,19 @@ class GenerateRequest:
     lora_high_strength: float
     lora_low_strength: float
     output: str
+    loras: tuple[LoraRef, ...] = field(default=())
     ignored_keys: tuple[str, ...] = field(default=())
 
 
 def select_mode(job_input: Mapping[str, Any]) -> str:
-    """``test``, ``diagnose`` and ``warmup`` are flags (in that order); everything else is a generate request."""
+    """``test``, ``diagnose`` and ``warmup`` are flags (in that order); a ``workflow`` object is a caller's own graph
+    (worker-comfyui's request shape); everything else is a generate request (``workflow`` as a string names a
+    built-in graph)."""
     for mode in ("test", "diagnose", "warmup"):
         if job_input.get(mode) is True:
             return mode
+    if isinstance(job_input.get("workflow"), Mapping):
+        return "custom"
     return "generate"
 
 
@@ -166,6 +193,52 @@ def _model_name(data: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+def _url(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise invalid(name, f"must be a URL string, got {type(value).__name__}")
+    if not value.strip():
+        raise invalid(name, "must be a non-empty URL")
+    if len(value) > MAX_URL_CHARS:
+        raise invalid(name, f"must be at most {MAX_URL_CHARS} characters")
+    return value.strip()
+
+
+def _lora_entry(entry: Any, where: str) -> LoraRef:
+    if not isinstance(entry, Mapping):
+        raise invalid(where, f"must be an object with url or name, got {type(entry).__name__}")
+    unknown = sorted(str(k) for k in entry if k not in LORA_KEYS)
+    if unknown:  # a typo such as "scale" would otherwise silently mean strength 1.0
+        raise invalid(where, f"unknown key {unknown[0]!r}"[:200] + f"; the keys are {', '.join(LORA_KEYS)}")
+    if (entry.get("url") is None) == (entry.get("name") is None):
+        raise invalid(where, "give exactly one of url or name")
+    fields = {f"{where}.{k}": v for k, v in entry.items()}
+    return LoraRef(
+        field=where,
+        strength=_float(fields, f"{where}.strength", 1.0, -10.0, 10.0),
+        expert=_choice(fields, f"{where}.expert", "both", LORA_EXPERTS),
+        url=None if entry.get("url") is None else _url(entry["url"], f"{where}.url"),
+        name=_model_name(fields, f"{where}.name"),
+    )
+
+
+def _loras(data: Mapping[str, Any]) -> tuple[LoraRef, ...]:
+    """``loras``: up to 4 extra LoRAs per expert, in slots 1-4 after ``lora_high`` / ``lora_low``."""
+    value = data.get("loras")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise invalid("loras", f"must be a list of objects, got {type(value).__name__}")
+    if len(value) > 2 * MAX_EXTRA_LORAS:
+        raise invalid("loras", f"has {len(value)} entries; at most {MAX_EXTRA_LORAS} per expert fit")
+    refs = tuple(_lora_entry(entry, f"loras[{i}]") for i, entry in enumerate(value))
+    for expert in ("high", "low"):
+        count = sum(ref.applies_to(expert) for ref in refs)
+        if count > MAX_EXTRA_LORAS:
+            raise invalid("loras", f"puts {count} LoRAs on the {expert} expert; at most {MAX_EXTRA_LORAS} fit "
+                                   f"(slot 0 holds lora_{expert})")
+    return refs
+
+
 def _image(data: Mapping[str, Any], prefix: str) -> ImageSource | None:
     b64_key, url_key = f"{prefix}_base64", f"{prefix}_url"
     b64, url = data.get(b64_key), data.get(url_key)
@@ -180,25 +253,21 @@ def _image(data: Mapping[str, Any], prefix: str) -> ImageSource | None:
             raise TenexaError(ErrorCode.IMAGE_TOO_LARGE, f"{b64_key} is {len(b64)} characters; the limit is {MAX_IMAGE_TEXT}")
         return ImageSource(field=b64_key, base64=b64)
     if url is not None:
-        if not isinstance(url, str):
-            raise invalid(url_key, f"must be a URL string, got {type(url).__name__}")
-        if not url.strip():
+        if isinstance(url, str) and not url.strip():
             return None
-        if len(url) > MAX_URL_CHARS:
-            raise invalid(url_key, f"must be at most {MAX_URL_CHARS} characters")
-        return ImageSource(field=url_key, url=url.strip())
+        return ImageSource(field=url_key, url=_url(url, url_key))
     return None
 
 
 KNOWN_KEYS = frozenset({
     "image_base64", "image_url", "end_image_base64", "end_image_url", "workflow", "prompt", "negative_prompt",
     "seed", "steps", "cfg", "cfg_low", "frames", "length", "width", "height", "fps", "shift", "scheduler",
-    "lora_high", "lora_low", "lora_high_strength", "lora_low_strength", "lora_name", "lora_strength", "output",
+    "lora_high", "lora_low", "lora_high_strength", "lora_low_strength", "lora_name", "lora_strength", "loras", "output",
     "test", "diagnose", "selftest", "warmup", "verify_hashes",
 })
 
 
-def _loras(data: Mapping[str, Any]) -> tuple[str | None, str | None, float, float]:
+def _expert_loras(data: Mapping[str, Any]) -> tuple[str | None, str | None, float, float]:
     """(lora_high, lora_low, their strengths). ``lora_name``/``lora_strength`` (the original Tenexa worker's one
     LoRA for the whole model) set both experts, as the original did; mixed with the per-expert keys it is refused."""
     if data.get("lora_name") is None and data.get("lora_strength") is None:
@@ -255,7 +324,7 @@ def parse_generate(job_input: Any, *, rng: random.Random | None = None, max_fram
         wan.expert_split(steps, shift, scheduler)
     except wan.SplitError as exc:
         raise invalid("shift", str(exc)) from None
-    lora_high, lora_low, lora_high_strength, lora_low_strength = _loras(job_input)
+    lora_high, lora_low, lora_high_strength, lora_low_strength = _expert_loras(job_input)
 
     return GenerateRequest(
         workflow=workflow,
@@ -278,5 +347,6 @@ def parse_generate(job_input: Any, *, rng: random.Random | None = None, max_fram
         lora_high_strength=lora_high_strength,
         lora_low_strength=lora_low_strength,
         output=_choice(job_input, "output", "base64", OUTPUT_MODES),
+        loras=_loras(job_input),
         ignored_keys=tuple(sorted(k for k in job_input if k not in KNOWN_KEYS)),
     )

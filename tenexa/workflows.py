@@ -25,7 +25,7 @@ from typing import Any
 from tenexa import manifest, wan
 from tenexa.config import REPO_ROOT, ConfigError, Settings
 from tenexa.errors import invalid
-from tenexa.request import GenerateRequest
+from tenexa.request import MAX_EXTRA_LORAS, GenerateRequest
 
 # ------------------------------------------------------------------------------------------ binding tables
 
@@ -50,6 +50,10 @@ I2V_BINDINGS: dict[str, tuple[str, ...]] = {
     "lora_high_strength": ("279.strength_0",),
     "lora_low": ("553.lora_0",),
     "lora_low_strength": ("553.strength_0",),
+    # slots 1-4 of each expert's WanVideoLoraSelectMulti: the request's `loras` list, "none" when unused
+    **{f"lora_{expert}_{slot}{suffix}": (f"{node}.{kind}_{slot}",)
+       for expert, node in (("high", "279"), ("low", "553")) for slot in range(1, MAX_EXTRA_LORAS + 1)
+       for suffix, kind in (("", "lora"), ("_strength", "strength"))},
     "output_prefix": ("131.filename_prefix",),
     # runtime settings
     "attention_mode": ("122.attention_mode", "549.attention_mode"),
@@ -296,19 +300,48 @@ def runtime_report(settings: Settings) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ binding
 
 
-def _values(request: GenerateRequest, image_size: tuple[int, int], settings: Settings, start_image: str,
-            end_image: str | None, output_prefix: str) -> dict[str, Any]:
-    """Every bound parameter's final value, after the Wan rules and the defaults are applied."""
+def _extra_lora_values(request: GenerateRequest) -> dict[str, Any]:
+    """The ``loras`` list spread over slots 1-4 of each expert, in request order; unused slots stay "none"."""
+    values: dict[str, Any] = {}
+    for expert in ("high", "low"):
+        refs = [ref for ref in request.loras if ref.applies_to(expert)]
+        for slot in range(1, MAX_EXTRA_LORAS + 1):
+            ref = refs[slot - 1] if slot <= len(refs) else None
+            if ref is not None and ref.name is None:
+                raise ValueError(f"{ref.field}: the LoRA URL was not fetched before binding")
+            values[f"lora_{expert}_{slot}"] = ref.name if ref else NO_LORA
+            values[f"lora_{expert}_{slot}_strength"] = ref.strength if ref else 1.0
+    return values
+
+
+def _used_loras(request: GenerateRequest) -> list[dict[str, Any]]:
+    used = []
+    for expert in ("high", "low"):
+        for slot, ref in enumerate((r for r in request.loras if r.applies_to(expert)), start=1):
+            used.append({"field": ref.field, "expert": expert, "slot": slot, "name": ref.name, "strength": ref.strength,
+                         **({"sha256": ref.sha256} if ref.sha256 else {})})
+    return used
+
+
+def check_window(request: GenerateRequest, image_size: tuple[int, int], settings: Settings) -> tuple[int, int, int, int]:
+    """(frames, width, height, high_steps) of ``request``, after refusing with INVALID_INPUT a window over the
+    worker's limits or a split that cannot be predicted. Cheap: generate calls it before any download."""
     width, height = wan.output_size(image_size, request.width, request.height)
     frames = wan.fit_frames(request.frames)
     try:
         wan.check_window(frames, width, height, max_frames=settings.max_window_frames, max_tokens=settings.max_latent_tokens)
-        high_steps = wan.expert_split(request.steps, request.shift, request.scheduler)
+        return frames, width, height, wan.expert_split(request.steps, request.shift, request.scheduler)
     except wan.WindowError as exc:
         size_field = "width" if request.width is not None else "height" if request.height is not None else "frames"
         raise invalid(size_field if exc.field == "size" else "frames", str(exc)) from None
     except wan.SplitError as exc:
         raise invalid("shift", str(exc)) from None
+
+
+def _values(request: GenerateRequest, image_size: tuple[int, int], settings: Settings, start_image: str,
+            end_image: str | None, output_prefix: str) -> dict[str, Any]:
+    """Every bound parameter's final value, after the Wan rules and the defaults are applied."""
+    frames, width, height, high_steps = check_window(request, image_size, settings)
     default_high, default_low = manifest.default_loras()
     lora_high = default_high if request.lora_high is None else request.lora_high
     lora_low = default_low if request.lora_low is None else request.lora_low
@@ -333,6 +366,7 @@ def _values(request: GenerateRequest, image_size: tuple[int, int], settings: Set
         "lora_high_strength": request.lora_high_strength,
         "lora_low": lora_low,
         "lora_low_strength": request.lora_low_strength,
+        **_extra_lora_values(request),
         "output_prefix": output_prefix,
         "attention_mode": resolve_attention(settings),
         **_model_settings(settings),
@@ -381,7 +415,10 @@ def bind(request: GenerateRequest, *, image_size: tuple[int, int], settings: Set
             _set(graph, target, values[param], wf.name)
     if values["text_encoder"] == "cache":
         _remove_node(graph, wf.t5_loader)
-    used = {k: v for k, v in values.items() if k not in ("prompt", "negative_prompt", "use_disk_cache")}
+    slots = _extra_lora_values(request)
+    used = {k: v for k, v in values.items() if k not in ("prompt", "negative_prompt", "use_disk_cache", *slots)}
+    if request.loras:
+        used["loras"] = _used_loras(request)
     used["workflow"] = wf.name
     used["split"] = values["high_steps"]
     return BoundWorkflow(wf.name, graph, used, wf.high_sampler, wf.low_sampler, wf.output_node)

@@ -107,6 +107,25 @@ CORPUS = [
     ("LoRA absolute path", {"image_base64": GOOD, "lora_low": "/runpod-volume/x.safetensors"}, "INVALID_INPUT"),
     ("LoRA windows drive", {"image_base64": GOOD, "lora_low": "C:\\x.safetensors"}, "INVALID_INPUT"),
     ("output mode unknown", {"image_base64": GOOD, "output": "ftp"}, "INVALID_INPUT"),
+    ("loras not a list", {"image_base64": GOOD, "loras": "https://example.com/a.safetensors"}, "INVALID_INPUT"),
+    ("loras entry a string", {"image_base64": GOOD, "loras": ["https://example.com/a.safetensors"]}, "INVALID_INPUT"),
+    ("loras entry with url and name", {"image_base64": GOOD, "loras": [{"url": "https://example.com/a", "name": "a.safetensors"}]},
+     "INVALID_INPUT"),
+    ("loras entry with neither", {"image_base64": GOOD, "loras": [{"strength": 1.0}]}, "INVALID_INPUT"),
+    ("loras entry with unknown key", {"image_base64": GOOD, "loras": [{"url": "https://example.com/a", "scale": 0.8}]}, "INVALID_INPUT"),
+    ("loras strength infinity", {"image_base64": GOOD, "loras": [{"name": "a.safetensors", "strength": 1e400}]}, "INVALID_INPUT"),
+    ("loras strength as string", {"image_base64": GOOD, "loras": [{"name": "a.safetensors", "strength": "1"}]}, "INVALID_INPUT"),
+    ("loras expert unknown", {"image_base64": GOOD, "loras": [{"name": "a.safetensors", "expert": "mid"}]}, "INVALID_INPUT"),
+    ("loras too many on one expert", {"image_base64": GOOD, "loras": [{"name": f"{i}.safetensors", "expert": "high"} for i in range(5)]},
+     "INVALID_INPUT"),
+    ("loras name path traversal", {"image_base64": GOOD, "loras": [{"name": "../../etc/passwd"}]}, "INVALID_INPUT"),
+    ("LoRA URL as number", {"image_base64": GOOD, "loras": [{"url": 12}]}, "INVALID_INPUT"),
+    ("LoRA URL too long", {"image_base64": GOOD, "loras": [{"url": "https://example.com/" + "a" * 5000}]}, "INVALID_INPUT"),
+    ("LoRA URL to metadata service", {"image_base64": GOOD, "loras": [{"url": "http://169.254.169.254/latest/meta-data/"}]}, "URL_BLOCKED"),
+    ("LoRA URL to ComfyUI on loopback", {"image_base64": GOOD, "loras": [{"url": "http://127.0.0.1:8188/view?filename=x"}]}, "URL_BLOCKED"),
+    ("LoRA URL file scheme", {"image_base64": GOOD, "loras": [{"url": "file:///runpod-volume/models/loras/x.safetensors"}]}, "URL_BLOCKED"),
+    ("LoRA URL with credentials", {"image_base64": GOOD, "loras": [{"url": "https://u:p@example.com/a.safetensors"}]}, "URL_BLOCKED"),
+    ("LoRA URL unresolvable", {"image_base64": GOOD, "loras": [{"url": "http://no-such-host.invalid/a.safetensors"}]}, "LORA_FETCH_FAILED"),
     ("prompt full of JSON and control chars", {"image_base64": GOOD, "frames": 9,
                                                "prompt": '"}, "1": {"class_type": "X"}, {{}} \\u0000? \t\r\n\x1b[31m ${HOME} `rm -rf /`'}, "ok"),
     ("unknown keys are ignored", {"image_base64": GOOD, "frames": 9, "__proto__": {"x": 1}, "class_type": "Evil"}, "ok"),
@@ -194,7 +213,7 @@ json_values = st.recursive(
     max_leaves=12,
 )
 keys = st.sampled_from(["image_base64", "image_url", "end_image_base64", "workflow", "prompt", "seed", "steps", "cfg", "frames",
-                        "width", "height", "fps", "shift", "scheduler", "lora_high", "output", "test", "diagnose", "length"])
+                        "width", "height", "fps", "shift", "scheduler", "lora_high", "loras", "output", "test", "diagnose", "length"])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tenexa import wan, workflows
+from tenexa import manifest, wan, workflows
 from tenexa.config import REPO_ROOT, ConfigError, load_settings
 from tenexa.errors import ErrorCode, TenexaError
 from tenexa.request import DEFAULT_NEGATIVE_PROMPT, SCHEDULERS, WORKFLOW_NAMES, parse_generate
@@ -33,6 +33,7 @@ REQUEST_PARAMS = {
     "start_image", "prompt", "negative_prompt", "seed", "steps", "high_steps", "cfg", "cfg_low", "frames", "width",
     "height", "fps", "shift", "scheduler", "lora_high", "lora_high_strength", "lora_low", "lora_low_strength",
     "output_prefix",
+    *(f"lora_{expert}_{slot}{suffix}" for expert in ("high", "low") for slot in range(1, 5) for suffix in ("", "_strength")),
 }
 RUNTIME_PARAMS = {"attention_mode", "base_precision", "quantization", "load_device", "blocks_to_swap", "vae_precision",
                   "use_disk_cache"}
@@ -190,6 +191,44 @@ def test_lora_name_binds_one_lora_to_both_experts():
     g = bind(request(lora_name="style.safetensors", lora_strength=0.5)).graph
     loras = [(n["inputs"]["lora_0"], n["inputs"]["strength_0"]) for n in nodes_of(g, "WanVideoLoraSelectMulti").values()]
     assert loras == [("style.safetensors", 0.5)] * 2
+
+
+def expert_lora_slots(graph: dict) -> dict[str, list[tuple[str, float]]]:
+    """{"high"|"low": [(lora_i, strength_i) for slots 0-4]} of the LoRA select feeding each expert's sampler."""
+    _, low, high_id = samplers(graph)
+    low_id = next(nid for nid, n in graph.items() if n is low)
+    found = {}
+    feeding = {"high": upstream(graph, high_id), "low": upstream(graph, low_id) - upstream(graph, high_id)}
+    for expert, nodes in feeding.items():
+        (select,) = [graph[n] for n in nodes if graph[n]["class_type"] == "WanVideoLoraSelectMulti"]
+        found[expert] = [(select["inputs"][f"lora_{i}"], select["inputs"][f"strength_{i}"]) for i in range(5)]
+    return found
+
+
+@pytest.mark.parametrize("workflow", ["wan22_i2v", "flf2v"])
+def test_bind_puts_the_loras_list_in_slots_1_to_4_of_each_expert(workflow):
+    req = request(workflow, lora_low="none", loras=[
+        {"name": "both.safetensors", "strength": 0.5},
+        {"name": "high-a.safetensors", "expert": "high"},
+        {"name": "low-a.safetensors", "expert": "low", "strength": -1.25},
+        {"name": "high-b.safetensors", "expert": "high", "strength": 2.0},
+    ])
+    bound = bind(req)
+    slots = expert_lora_slots(bound.graph)
+    assert slots["high"] == [(manifest.default_loras()[0], 1.0), ("both.safetensors", 0.5), ("high-a.safetensors", 1.0),
+                             ("high-b.safetensors", 2.0), ("none", 1.0)]
+    assert slots["low"] == [("none", 1.0), ("both.safetensors", 0.5), ("low-a.safetensors", -1.25), ("none", 1.0), ("none", 1.0)]
+    assert [(u["expert"], u["slot"], u["name"]) for u in bound.used["loras"]] == [
+        ("high", 1, "both.safetensors"), ("high", 2, "high-a.safetensors"), ("high", 3, "high-b.safetensors"),
+        ("low", 1, "both.safetensors"), ("low", 2, "low-a.safetensors")]
+    assert not any(key.startswith(("lora_high_", "lora_low_")) and key[-1].isdigit() for key in bound.used)
+    assert "loras" not in bind(request(workflow)).used
+    assert expert_lora_slots(bind(request(workflow)).graph)["high"][1:] == [("none", 1.0)] * 4
+
+
+def test_bind_refuses_an_unfetched_lora_url():
+    with pytest.raises(ValueError, match="not fetched"):
+        bind(request(loras=[{"url": "https://example.com/a.safetensors"}]))
 
 
 def test_bind_returns_a_fresh_copy_each_time():
