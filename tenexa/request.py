@@ -15,7 +15,7 @@ from typing import Any
 
 from tenexa import wan
 from tenexa.errors import ErrorCode, TenexaError, invalid
-from tenexa.wan import SCHEDULERS
+from tenexa.schedules import SCHEDULERS
 
 WORKFLOW_NAMES = ("wan22_i2v", "flf2v")
 OUTPUT_MODES = ("base64", "url")

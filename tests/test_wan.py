@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tenexa import wan
+from tenexa import schedules, wan
 
 
 @pytest.mark.parametrize(("frames", "fitted"), [
@@ -126,23 +126,23 @@ def test_window_hints_really_fit(frames, width, height, budget):
 
 
 def test_float_helpers_follow_numpy_and_float32():
-    assert wan._linspace(0.0, 1.0, 5) == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert wan._linspace(2.0, 2.0, 3) == [2.0, 2.0, 2.0]
-    assert wan._linspace(0.999, 0.0, 4)[-1] == 0.0  # numpy sets the end point exactly
-    assert wan._f32(0.1) == 0.10000000149011612 and wan._f32(1.0) == 1.0
-    assert wan._shift32(0.5, 9.0) == wan._f32(0.9)
+    assert schedules._linspace(0.0, 1.0, 5) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert schedules._linspace(2.0, 2.0, 3) == [2.0, 2.0, 2.0]
+    assert schedules._linspace(0.999, 0.0, 4)[-1] == 0.0  # numpy sets the end point exactly
+    assert schedules._f32(0.1) == 0.10000000149011612 and schedules._f32(1.0) == 1.0
+    assert schedules._shift32(0.5, 9.0) == schedules._f32(0.9)
 
 
 @pytest.mark.parametrize("q", [1e-9, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.999])
 def test_beta_ppf_inverts_the_cdf(q):
-    x = wan.beta_ppf(q)
-    assert abs(wan._beta_cdf(x, 0.6, 0.6) - q) < 1e-14
-    assert abs(wan.beta_ppf(1 - q) - (1 - x)) < 1e-14  # Beta(0.6, 0.6) is symmetric
+    x = schedules.beta_ppf(q)
+    assert abs(schedules._beta_cdf(x, 0.6, 0.6) - q) < 1e-14
+    assert abs(schedules.beta_ppf(1 - q) - (1 - x)) < 1e-14  # Beta(0.6, 0.6) is symmetric
 
 
 def test_beta_ppf_end_points_and_middle():
-    assert wan.beta_ppf(0.0) == 0.0 and wan.beta_ppf(1.0) == 1.0
-    assert abs(wan.beta_ppf(0.5) - 0.5) < 1e-15
+    assert schedules.beta_ppf(0.0) == 0.0 and schedules.beta_ppf(1.0) == 1.0
+    assert abs(schedules.beta_ppf(0.5) - 0.5) < 1e-15
 
 
 @pytest.mark.parametrize(("steps", "shift", "high"), [
@@ -161,9 +161,9 @@ def test_flow_solvers_reproduce_the_published_table(scheduler, steps, shift, hig
 
 def test_schedulers_that_the_shifted_sigma_rule_got_wrong():
     """The cases of issue 12: the split follows each scheduler's own schedule (values read from the pack's code)."""
-    assert wan.scheduler_timesteps("dpm++_sde/beta", 10, 9.0)[0][:4] == [999.0, 976.0, 927.0, 862.0]
+    assert schedules.scheduler_timesteps("dpm++_sde/beta", 10, 9.0)[0][:4] == [999.0, 976.0, 927.0, 862.0]
     assert wan.expert_split(10, 9.0, "dpm++_sde/beta") == 3
-    assert wan.scheduler_timesteps("dpm++_sde", 10, 9.0)[0][4:6] == [931.0, 899.0]
+    assert schedules.scheduler_timesteps("dpm++_sde", 10, 9.0)[0][4:6] == [931.0, 899.0]
     assert wan.expert_split(10, 9.0, "dpm++_sde") == 5
     assert wan.expert_split(40, 5.0, "euler") == 14 and wan.expert_split(40, 5.0, "unipc") == 15
     assert wan.expert_split(8, 9.0, "res_multistep") == 5 and wan.expert_split(10, 9.0, "euler/beta") == 2
@@ -200,7 +200,7 @@ def _split_or_none(steps, shift, scheduler):
 
 
 @settings(deadline=None)
-@given(st.integers(min_value=2, max_value=100), st.floats(min_value=0.5, max_value=50.0), st.sampled_from(wan.SCHEDULERS))
+@given(st.integers(min_value=2, max_value=100), st.floats(min_value=0.5, max_value=50.0), st.sampled_from(schedules.SCHEDULERS))
 def test_expert_split_bounds_and_monotone_in_shift(steps, shift, scheduler):
     split = _split_or_none(steps, shift, scheduler)
     more = _split_or_none(steps, min(50.0, shift * 1.5), scheduler)
@@ -210,9 +210,9 @@ def test_expert_split_bounds_and_monotone_in_shift(steps, shift, scheduler):
 
 
 @settings(deadline=None)
-@given(st.integers(min_value=2, max_value=100), st.floats(min_value=0.5, max_value=50.0), st.sampled_from(wan.SCHEDULERS))
+@given(st.integers(min_value=2, max_value=100), st.floats(min_value=0.5, max_value=50.0), st.sampled_from(schedules.SCHEDULERS))
 def test_split_counts_the_timesteps_at_or_above_900(steps, shift, scheduler):
-    timesteps, margin = wan.scheduler_timesteps(scheduler, steps, shift)
+    timesteps, margin = schedules.scheduler_timesteps(scheduler, steps, shift)
     assert len(timesteps) == steps
     assert all(a >= b for a, b in itertools.pairwise(timesteps))  # every schedule runs from noise to clean
     assert 0 < timesteps[0] <= 1000.001  # float32 shifting can land a hair above 1000, in the pack too

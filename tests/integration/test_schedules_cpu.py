@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tenexa import wan
+from tenexa import schedules, wan
 
 HERE = Path(__file__).resolve().parent
-GRID = [(s, n, shift) for s in wan.SCHEDULERS for n in range(2, 41) for shift in (1.0, 3.0, 5.0, 8.0, 9.0, 12.0)]
+GRID = [(s, n, shift) for s in schedules.SCHEDULERS for n in range(2, 41) for shift in (1.0, 3.0, 5.0, 8.0, 9.0, 12.0)]
 _rng = random.Random(12)
-OFF_GRID = [(s, _rng.randint(2, 100), round(_rng.uniform(0.5, 50.0), _rng.choice([1, 3, 6]))) for s in wan.SCHEDULERS for _ in range(25)]
+OFF_GRID = [(s, _rng.randint(2, 100), round(_rng.uniform(0.5, 50.0), _rng.choice([1, 3, 6]))) for s in schedules.SCHEDULERS for _ in range(25)]
 ON_THE_BOUNDARY = [("res_multistep", 10, 8.964143), ("dpm++_sde/beta", 10, 4.111842)]
 QUANTILES = [i / 997 for i in range(1, 997)] + [1e-12, 1e-6, 1 - 1e-6]
 
@@ -52,7 +52,7 @@ def pack_split(timesteps: list[float]) -> int:
 
 
 def test_every_accepted_scheduler_is_one_of_the_packs(pack):
-    assert set(wan.SCHEDULERS) <= set(pack["scheduler_list"])
+    assert set(schedules.SCHEDULERS) <= set(pack["scheduler_list"])
 
 
 def test_split_matches_the_pack_on_the_whole_grid(pack):
@@ -66,7 +66,7 @@ def test_timesteps_match_the_pack(pack, cases):
     """Bit for bit where wan claims it (margin 0); within the margin where it does not."""
     wrong = []
     for scheduler, steps, shift in cases:
-        ours, margin = wan.scheduler_timesteps(scheduler, steps, shift)
+        ours, margin = schedules.scheduler_timesteps(scheduler, steps, shift)
         theirs = pack["timesteps"][(scheduler, steps, shift)]
         worst = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
         if worst > margin:
@@ -82,7 +82,7 @@ def test_off_grid_splits_match_or_are_refused_honestly(pack):
             assert wan.expert_split(steps, shift, scheduler) == pack_split(theirs), (scheduler, steps, shift)
         except wan.SplitError:
             refused.append((scheduler, steps, shift))
-            _, margin = wan.scheduler_timesteps(scheduler, steps, shift)
+            _, margin = schedules.scheduler_timesteps(scheduler, steps, shift)
             assert any(abs(t - 900) <= 2 * margin for t in theirs)
     assert len(refused) <= 1, refused  # a refusal needs a step within ~1e-3 of t = 900: rare
 
@@ -102,5 +102,5 @@ def test_the_issue_example_from_the_packs_own_schedule(pack):
 
 
 def test_beta_quantile_matches_scipy(pack):
-    worst = max(abs(wan.beta_ppf(q) - theirs) for q, theirs in zip(QUANTILES, pack["beta_ppf"], strict=True))
+    worst = max(abs(schedules.beta_ppf(q) - theirs) for q, theirs in zip(QUANTILES, pack["beta_ppf"], strict=True))
     assert worst < 1e-13, worst
