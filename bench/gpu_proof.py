@@ -111,17 +111,22 @@ def forwards(steps: int, high_steps: int, cfg: float, cfg_low: float) -> int:
     return steps + (1 if cfg > 1 else 0) + ((steps - high_steps) if cfg_low > 1 else 0)
 
 
+def _sig(value: float, digits: int = 4) -> float:
+    """Rounded to significant digits: the CPU smoke's floors are microseconds, the GPU's seconds."""
+    return float(f"{value:.{digits}g}")
+
+
 def floor_figures(case: Case, used: dict, layers: int, peak_tflops: float) -> dict:
     per_forward = dit_flops(case.width, case.height, case.frames, layers=layers)
     n_forwards = forwards(int(used["steps"]), int(used["split"]), float(used["cfg"]), float(used["cfg_low"]))
     return {
         "tokens": tokens(case.width, case.height, case.frames),
         "layers": layers,
-        "pflop_per_forward": round(per_forward / 1e15, 4),
+        "pflop_per_forward": _sig(per_forward / 1e15),
         "forwards": n_forwards,
         "peak_tflops": peak_tflops,
-        "s_per_forward_floor": round(per_forward / (peak_tflops * 1e12), 4),
-        "dit_s_floor": round(n_forwards * per_forward / (peak_tflops * 1e12), 3),
+        "s_per_forward_floor": _sig(per_forward / (peak_tflops * 1e12)),
+        "dit_s_floor": _sig(n_forwards * per_forward / (peak_tflops * 1e12)),
     }
 
 
@@ -456,6 +461,9 @@ def markdown(report: dict) -> str:
     def f(value, digits: int = 2) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
+    def g(value) -> str:  # 3 significant digits: a GPU floor is ~2 s, a CPU smoke's microseconds
+        return "-" if value is None else f"{value:.3g}"
+
     for run in report["runs"]:
         hi, lo, job, res = run["experts"].get("high", {}), run["experts"].get("low", {}), run["job"], run["resources_job"]
         loads = run["model_load"]["experts_s"]
@@ -463,7 +471,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {run['case']} | {f(job['e2e_s'], 1)} | {f(job['timings']['execution_s'], 1)} | {f(job['worker_overhead_s'])} | "
             f"{' / '.join(f(x, 1) for x in loads) if loads else 'cached'} | {f(hi.get('s_per_step'))} / {f(lo.get('s_per_step'))} | "
-            f"{f(run['floor']['s_per_forward_floor'], 3)} | {f(hi.get('ratio_to_floor'))} / {f(lo.get('ratio_to_floor'))} | "
+            f"{g(run['floor']['s_per_forward_floor'])} | {g(hi.get('ratio_to_floor'))} / {g(lo.get('ratio_to_floor'))} | "
             f"{f(decode.get('seconds'))} | {f(hi.get('cuda_peak_allocated_gb'), 1)} / {f(lo.get('cuda_peak_allocated_gb'), 1)} / "
             f"{f(decode.get('cuda_peak_allocated_gb'), 1)} | {f(res.get('gpu_memory_used_gb'), 1)} | {f(res.get('comfy_rss_gb'), 1)} / "
             f"{f(res.get('worker_rss_gb'), 2)} |")
@@ -549,6 +557,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"[gpu proof] {case.name} ({left:.0f} s left)", file=sys.stderr, flush=True)
             report["runs"].append(run_case(stack, case, base, sampler, deadline, stack.blocks, args.peak_tflops))
             write_outputs(report, out)
+        report["comfy_env"] = probe_get(stack, "env")  # again: the distributions imported now include the jobs' own
+        if stack.rehearsal_view is not None:
+            report["setup"]["rehearsal_comfy"] = json.loads((stack.rehearsal_view / ".tenexa-rehearsal.json").read_text())
         status = 0
     except Exception as exc:  # noqa: BLE001 - whatever stops the proof, the figures so far are written with the reason
         report["error"] = f"{type(exc).__name__}: {exc}"[:4000]
