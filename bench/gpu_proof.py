@@ -143,45 +143,51 @@ def _rss_gb(pid: int) -> float | None:
     return None
 
 
+def _gpu_memory_reader():
+    """A function returning the first GPU's used memory in GB (1e9 bytes, as every figure here) as nvidia-smi reports
+    it (NVML, the whole GPU): through nvidia-ml-py when importable (it is on the GPU image; it opens no CUDA context
+    and starts no process), else one nvidia-smi call per sample."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        return lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used / 1e9
+    except Exception:  # noqa: BLE001 - no NVML binding or no driver: fall back to the command
+        def smi() -> float | None:
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                                     capture_output=True, text=True, timeout=10).stdout
+                return float(out.split()[0]) * 2**20 / 1e9  # MiB
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                return None
+
+        return smi
+
+
 class ResourceSampler:
-    """Every ``interval`` s: wall time, the GPU's memory.used (nvidia-smi, whole GPU) and the RSS of ComfyUI and of
-    this process (the worker). Windows of it give the peak of a job or of one node."""
+    """Every ``interval`` s: wall time, the GPU's used memory (NVML, whole GPU, as nvidia-smi shows it) and the RSS
+    of ComfyUI and of this process (the worker). Windows of it give the peak of a job or of one node."""
 
     def __init__(self, comfy_pid: int, gpu: bool, interval: float = 0.2):
-        self.comfy_pid, self.gpu, self.interval = comfy_pid, gpu, interval
+        self.comfy_pid, self.interval = comfy_pid, interval
+        self.read_gpu = _gpu_memory_reader() if gpu else (lambda: None)
         self.samples: list[tuple[float, float | None, float | None, float | None]] = []
         self._stop = threading.Event()
-        self._smi: subprocess.Popen | None = None
-        self._smi_last: float | None = None
-        self._threads: list[threading.Thread] = []
-
-    def _read_smi(self) -> None:
-        for line in self._smi.stdout:  # one line per -lms period until stopped
-            try:
-                self._smi_last = float(line.strip()) / 1024
-            except ValueError:
-                continue
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), self._smi_last, _rss_gb(self.comfy_pid), _rss_gb(os.getpid())))
+            self.samples.append((time.time(), self.read_gpu(), _rss_gb(self.comfy_pid), _rss_gb(os.getpid())))
             self._stop.wait(self.interval)
 
     def start(self) -> ResourceSampler:
-        if self.gpu and shutil.which("nvidia-smi"):
-            self._smi = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0",
-                                          "-lms", str(int(self.interval * 1000))], stdout=subprocess.PIPE, text=True)
-            self._threads.append(threading.Thread(target=self._read_smi, daemon=True))
-        self._threads.append(threading.Thread(target=self._run, daemon=True))
-        for t in self._threads:
-            t.start()
+        self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        if self._smi is not None:
-            self._smi.terminate()
-            self._smi.wait(10)
+        self._thread.join(5)
 
     def peaks(self, start: float, end: float) -> dict:
         window = [s for s in self.samples if start <= s[0] <= end] or [s for s in self.samples if s[0] <= end][-1:]
@@ -267,9 +273,9 @@ def start_comfyui(stack: Stack, log_path: Path, cpu: bool) -> float:
             "--front-end-root", str(frontend), "--disable-all-custom-nodes", "--whitelist-custom-nodes",
             *gpu_payload.CUSTOM_NODES, "tenexa_gpu_probe", *(["--cpu"] if cpu else [])]
     started = time.monotonic()
-    log = log_path.open("wb")
-    stack.process = subprocess.Popen(stack.script_command(stack.comfy_root / "main.py", *args), cwd=stack.comfy_root,
-                                     env={**os.environ, **stack.env}, stdout=log, stderr=subprocess.STDOUT)
+    with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+        stack.process = subprocess.Popen(stack.script_command(stack.comfy_root / "main.py", *args), cwd=stack.comfy_root,
+                                         env={**os.environ, **stack.env}, stdout=log, stderr=subprocess.STDOUT)
     try:
         _common.wait_http(f"http://127.0.0.1:{stack.port}/system_stats", _common.COMFY_BOOT_TIMEOUT, stack.process, "ComfyUI")
     except RuntimeError as exc:
@@ -401,15 +407,20 @@ def run_case(stack: Stack, case: Case, base_settings, sampler: ResourceSampler, 
         if expert["s_per_step"]:
             expert["ratio_to_floor"] = round(expert["s_per_step"] / floor["s_per_forward_floor"], 2)
         result["experts"][label] = expert
-    result["model_load"] = {"experts_s": [e["model_load_s"] for e in result["experts"].values() if e["model_load_s"] is not None],
+    experts = result["experts"].values()
+    result["model_load"] = {"experts_s": [e["model_load_s"] for e in experts if e["model_load_s"] is not None],
+                            "loader_nodes_s": [loader["seconds"] for loader in loader_of.values() if loader],
+                            "weights_load_s": [e["weights_load_s"] for e in experts if e.get("weights_load_s") is not None],
                             "vae_loader_s": sum(r["seconds"] for r in records if r["class"] == "WanVideoVAELoader")}
     decode = next((r for r in records if r["class"] == "WanVideoDecode"), None)
     result["vae_decode"] = decode and {"seconds": decode["seconds"], "cuda_peak_allocated_gb": decode.get("cuda_peak_allocated_gb"),
                                        "output_finite": decode.get("output_finite"), **sampler.peaks(decode["t_start"], decode["t_end"])}
     encode = next((r for r in records if r["class"] == "WanVideoImageToVideoEncode"), None)
     result["vae_encode"] = encode and {"seconds": encode["seconds"], "output_finite": encode.get("output_finite")}
-    dit = sum(r["seconds"] for r in samplers)
-    result["dit"] = {"samplers_s": round(dit, 3), "ratio_to_floor": round(dit / floor["dit_s_floor"], 2) if floor["dit_s_floor"] else None}
+    samplers_s = sum(r["seconds"] for r in samplers)
+    sampling = samplers_s - sum(result["model_load"]["weights_load_s"])  # the samplers' time minus reading weights in
+    result["dit"] = {"samplers_s": round(samplers_s, 3), "sampling_s": round(sampling, 3),
+                     "ratio_to_floor": round(sampling / floor["dit_s_floor"], 2) if floor["dit_s_floor"] else None}
     return result
 
 
@@ -427,17 +438,18 @@ def time_needed(cases: tuple[Case, ...], index: int, done: list[dict]) -> float:
 
 
 def predicted_s(case: Case, done: list[dict], models_reload: bool) -> float:
-    """A pessimistic guess of a case's duration from the cases already measured (for the time budget)."""
+    """A pessimistic guess of a case's duration from the last case measured (for the time budget): its sampling
+    seconds per PFLOP times this case's FLOPs, everything else (VAE, weights read in, encode, delivery) scaled by
+    the pixels when they grow, the loader nodes again on a reload, and 25 % on top."""
     if not done:
         return 240.0
     ref = done[-1]
-    ref_floor, floor = ref["floor"], dit_flops(case.width, case.height, case.frames, layers=ref["floor"]["layers"])
-    dit_per_pflop = ref["dit"]["samplers_s"] / max(ref_floor["pflop_per_forward"] * ref_floor["forwards"], 1e-9)
-    n_forwards = case.steps + 1
-    other = max(ref["job"]["e2e_s"] - ref["dit"]["samplers_s"] - sum(ref["model_load"]["experts_s"]), 0.0)
+    per_forward = dit_flops(case.width, case.height, case.frames, layers=ref["floor"]["layers"])
+    sampling_per_pflop = ref["dit"]["sampling_s"] / max(ref["floor"]["pflop_per_forward"] * ref["floor"]["forwards"], 1e-12)
+    other = max(ref["job"]["e2e_s"] - ref["dit"]["sampling_s"], 0.0)
     pixels = case.width * case.height * case.frames / (ref["config"]["width"] * ref["config"]["height"] * ref["config"]["frames"])
-    reload = max((sum(r["model_load"]["experts_s"]) for r in done), default=0.0) if models_reload else 0.0
-    return 1.25 * (dit_per_pflop * n_forwards * floor / 1e15 + other * pixels + reload)
+    reload = max((sum(r["model_load"]["loader_nodes_s"]) for r in done), default=0.0) if models_reload else 0.0
+    return 1.25 * (sampling_per_pflop * (case.steps + 1) * per_forward / 1e15 + other * max(pixels, 1.0) + reload)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -453,7 +465,7 @@ def markdown(report: dict) -> str:
         "",
         "Synthetic set-up (forced, not chosen): " + "; ".join(report["differences"]) + ".",
         "",
-        "| case | e2e s | ComfyUI exec s | worker overhead s | model load s (high / low) | s/step high / low | floor s/forward | "
+        "| case | e2e s | ComfyUI exec s | worker overhead s | expert load s (high / low) | s/step high / low | floor s/forward | "
         "ratio high / low | VAE decode s | peak VRAM torch GB (high / low / decode) | peak VRAM nvidia-smi GB | host RAM peak GB (ComfyUI / worker) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -485,7 +497,9 @@ def markdown(report: dict) -> str:
         f"({weights.get('blocks', '-')} of {weights.get('layers_real', '-')} blocks); ComfyUI ready after {f(setup.get('comfyui_boot_s'), 1)} s.",
         "",
         "s/step is the median gap between step ticks of an expert's sampler (its first step, which also moves the "
-        "expert to the GPU, is `first_step_s` in the JSON); the floor is one forward's FLOPs (wan-facts.md §6.3) at "
+        "expert to the GPU, is `first_step_s` in the JSON); expert load is the loader node plus the sampler's weight-"
+        "loading bar (paid by every job: the wrapper frees unmerged-LoRA experts after each); the floor is one "
+        "forward's FLOPs (wan-facts.md §6.3) at "
         f"{report['peak_tflops']:g} TF/s; e2e is `handler.handler` called in process, worker overhead its `total_s` minus "
         "ComfyUI's `execution_s`. Every figure's source is in gpu_proof.json.",
     ]
