@@ -540,7 +540,15 @@ def run(args: argparse.Namespace) -> int:
                                   "precision) and VAE in fp32, ComfyUI --cpu, only the GPU machine's packages (rehearsal)"]
     elif shutil.which("nvidia-smi") is None:
         raise _common.BenchmarkSkipped("no NVIDIA GPU: nvidia-smi is not on PATH (use --cpu-smoke to prove the chain on a CPU)")
-    stack = prepare_stack(args, report)
+    try:
+        stack = prepare_stack(args, report)
+    except _common.BenchmarkSkipped:
+        raise
+    except Exception as exc:  # a broken payload still leaves a report saying so
+        report["error"] = f"preparing the stack: {type(exc).__name__}: {exc}"[:4000]
+        report["gpu"] = {}
+        write_outputs(report, out)
+        raise
     if stack.rehearsal_view is not None:
         # the worker too (this process) runs with the GPU machine's packages only; a view per interpreter
         report["setup"]["rehearsal_worker"] = gpu_payload.enter_rehearsal(stack.work / "rehearsal-worker")

@@ -2,8 +2,8 @@
 
 Run with ComfyUI's interpreter (torch, safetensors and the wrapper's VAE class are needed):
 
-    python bench/gpu_weights.py --comfy-root ComfyUI --models-dir DIR [--blocks 40] [--device cuda] \\
-        [--prompt TEXT ...] [--report FILE]
+    python bench/gpu_weights.py --comfy-root ComfyUI --models-dir DIR --report FILE [--blocks 40] [--device cuda] \\
+        [--prompt TEXT ...]
 
 Writes, under the exact names ``models.json`` gives (so the shipped graphs bind unchanged):
 
@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import struct
 import sys
 import time
@@ -294,16 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=LAYERS, help="transformer blocks to write (40 = the real depth)")
     parser.add_argument("--device", default="cuda" if _torch().cuda.is_available() else "cpu", help="where random values are made")
     parser.add_argument("--prompt", action="append", default=[], help="cache a random embedding for this prompt (repeatable)")
-    parser.add_argument("--report", type=Path, help="also write the report (JSON) here")
+    parser.add_argument("--report", type=Path, required=True, help="where the report (JSON) goes")
     args = parser.parse_args(argv)
     report = build(args.comfy_root.resolve(), args.models_dir, args.blocks, args.device, args.prompt)
-    text = json.dumps(report, indent=1)
-    if args.report:
-        args.report.write_text(text, encoding="utf-8")
-    print(text)
+    args.report.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    print(f"wrote {report['bytes'] / 1e9:.2f} GB of weights in {report['seconds']} s on {args.device}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
     sys.exit(main())
