@@ -13,7 +13,8 @@ uploads the image, follows ComfyUI and probes and delivers the MP4; only what th
 Steps of the GPU run (each writes the report again, so a cut-off still returns what was measured):
 1. unpack ``.gpu_payload/`` (ComfyUI + WanVideoWrapper, VideoHelperSuite, KJNodes, and the carried packages) into
    ``--work`` (default ``.gpu_work/``), unless a previous call on this machine already did;
-2. write the synthetic weights there (``bench/gpu_weights.py``, generated on the GPU, ~31 GB streamed);
+2. write the synthetic weights (``bench/gpu_weights.py``, generated on the GPU, 31.5 GB streamed) to /dev/shm when it
+   has 40 GB free (memory speed, whatever the disk), else under ``--work``;
 3. start ComfyUI from those sources with the machine's own torch (``--front-end-root`` on an empty folder; the
    probe ``bench/comfy_probe`` measures each node from inside);
 4. run the cases through ``handler.handler`` in order, skipping an optional one when the time left would not
@@ -64,6 +65,7 @@ DEFAULT_BUDGET_S = 480.0  # one device call is at most 10 min; the proof must le
 END_RESERVE_S = 20.0  # writing the report and stopping ComfyUI
 PEAK_TFLOPS = 800.0  # wan-facts.md §6.3's floor; an H200 multiplied 8192^3 bf16 at 769-798 TF/s here (KINDS.md)
 MODEL = {"layers": 40, "dim": 5120, "ffn": 13824, "text_len": 512}
+SHM_NEEDED_BYTES = 40e9  # the 31.5 GB of synthetic files with room to spare
 
 
 @dataclass(frozen=True)
@@ -246,8 +248,21 @@ def prepare_stack(args: argparse.Namespace, report: dict) -> Stack:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)
     sys.path.insert(0, site)  # the worker in this process needs the carried websocket-client and av
     report["setup"]["comfyui"] = {"root": str(unpacked["comfy_root"]), "python": sys.executable, "source": "the payload"}
-    return Stack("gpu", unpacked["comfy_root"], Path(sys.executable), work, work / "models", MODEL["layers"], GPU_CASES,
+    models = Path(args.models_dir) if args.models_dir else default_models_dir(work)
+    report["setup"]["models_dir"] = str(models)
+    return Stack("gpu", unpacked["comfy_root"], Path(sys.executable), work, models, MODEL["layers"], GPU_CASES,
                  env={"PYTHONUNBUFFERED": "1"})
+
+
+def default_models_dir(work: Path) -> Path:
+    """Where the GPU run writes its 31.5 GB: /dev/shm when it has room (memory speed, whatever the disk), else the
+    work folder. Either way the loaders then read from memory: the report says the loads are a lower bound."""
+    try:
+        if shutil.disk_usage("/dev/shm").free >= SHM_NEEDED_BYTES:
+            return Path("/dev/shm/tenexa-gpu-proof-models")
+    except OSError:
+        pass
+    return work / "models"
 
 
 def synthesize(stack: Stack, prompts: list[str], device: str) -> dict:
@@ -614,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payload", default=str(gpu_payload.PAYLOAD_DIR), help="the prepared payload folder")
     parser.add_argument("--work", default=str(DEFAULT_WORK), help="where the payload is unpacked and the weights written (GPU run)")
     parser.add_argument("--vendor", default=str(gpu_payload.DEFAULT_VENDOR), help="the vendor archives (--prepare)")
+    parser.add_argument("--models-dir", help="where the GPU run writes the weights (default /dev/shm if it has room, else --work)")
     parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="stop starting cases after this many seconds")
     parser.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS, help="the peak the FLOP floor assumes")
     parser.add_argument("--keep-work", action="store_true", help="keep the smoke run's temporary folder")
