@@ -25,15 +25,15 @@ Steps of the GPU run (each writes the report again, so a cut-off still returns w
 Differences from production, all forced by the synthetic set-up and all printed in the report: T5 replaced by
 the wrapper's text-embedding disk cache (``TENEXA_TEXT_ENCODER=cache``; T5 costs 0.5-1 s per job on a GPU);
 attention ``sdpa`` (no SageAttention build for this GPU and torch can be carried); the model files were just
-written, so the loaders read them from the page cache, not from a cold disk; the MP4 is noise and so larger
-than a real video (``MAX_RESPONSE_MB`` raised so it is still returned as base64).
+written, so the loaders read them from memory (/dev/shm or the page cache), not from a cold disk; the MP4 is noise
+and so larger than a real video (``MAX_RESPONSE_MB`` raised so it is still returned as base64).
 
 ``--cpu-smoke`` runs the same steps here with the installed ComfyUI (``COMFY_ROOT``/``COMFY_PYTHON``, else
 ``~/.cache/tenexa``) under the rehearsal of the GPU machine's packages (``bench/gpu_payload.py``), at full
-width (dim 5120) but 2 of the 40 blocks, 64x64 x 9 frames, 4 steps, computing in fp32 (base precision and VAE:
-bf16 matmuls and 3-D convolutions run ~100x slower than fp32 on a CPU without bf16 units; the weights stay fp8
-scaled as shipped), two cases (block swap 0 and 1). What it proves: the weight synthesis at the real names,
-the pack's real loader accepting them, the worker's generate, and the figure collection; not speed.
+width (dim 5120, ffn 13824) but 1 of the 40 blocks, 64x64 x 5 frames, 4 steps, one cold job with that block
+swapped, computing in fp32 (base precision and VAE: bf16 matmuls and 3-D convolutions run ~100x slower than fp32
+on a CPU without bf16 units; the weights stay fp8 scaled as shipped). What it proves: the weight synthesis at the
+real names, the pack's real loader accepting them, the worker's generate, and the figure collection; not speed.
 """
 
 from __future__ import annotations
@@ -545,7 +545,7 @@ def run(args: argparse.Namespace) -> int:
                       "T5 replaced by the wrapper's text-embedding disk cache (TENEXA_TEXT_ENCODER=cache: random embeddings; "
                       "T5 costs 0.5-1 s per job on a GPU and is in no figure)",
                       "attention sdpa (no SageAttention build carried)",
-                      "model files freshly written, so loads read the page cache (a lower bound of a cold load)",
+                      "model files freshly written, so loads read memory (/dev/shm or the page cache): a lower bound of a cold load",
                       "the MP4 is noise, larger than a real video (MAX_RESPONSE_MB raised)",
                   ])
     if cpu:

@@ -4,6 +4,7 @@ tests/integration/test_gpu_proof_cpu.py."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -257,3 +258,28 @@ def test_report_names_what_it_is_and_every_case():
     row = next(line for line in md.splitlines() if line.startswith(f"| {case.name}"))
     assert "| 61.2 |" in row and "12.0 / 11.0" in row and "2.61 / 2.55" in row and "1.24 / 1.21" in row and "| 24.9 |" in row
     assert "| 720p 81f 4 steps | skipped: needs ~300 s" in md and "Stopped early" in md
+
+
+def test_without_a_gpu_it_says_so_and_exits_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(gpu_proof.shutil, "which", lambda _name: None)
+    assert gpu_proof.main(["--out", str(tmp_path)]) == 2
+    assert "SKIPPED: no NVIDIA GPU" in capsys.readouterr().err
+
+
+def test_the_gpu_run_takes_comfyui_and_packages_from_the_payload(vendor, tmp_path, monkeypatch):
+    payload, work = tmp_path / "payload", tmp_path / "work"
+    payload.mkdir()
+    gpu_payload.build_sources(vendor, payload / "sources.tar.xz")
+    with tarfile.open(payload / "site.tar.xz", "w:xz") as tar:
+        tar.add(payload, arcname="site", recursive=False)  # an empty site folder
+    (payload / "payload.json").write_text(json.dumps({"carry": {"total_mib": 57.3}}))
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    args = argparse.Namespace(cpu_smoke=False, payload=str(payload), work=str(work), models_dir=None)
+    report = {"setup": {}}
+    stack = gpu_proof.prepare_stack(args, report)
+    assert stack.mode == "gpu" and stack.blocks == 40 and stack.cases == gpu_proof.GPU_CASES and stack.rehearsal_view is None
+    assert stack.comfy_root == work / "ComfyUI" and (stack.comfy_root / "main.py").is_file()
+    assert gpu_proof.os.environ["PYTHONPATH"] == f"{work / 'site'}{gpu_proof.os.pathsep}/elsewhere" and sys.path[0] == str(work / "site")
+    assert report["setup"]["unpack"]["payload"] == {"total_mib": 57.3} and report["setup"]["models_dir"] == str(stack.models_dir)
+    assert stack.script_command(Path("/x/main.py"), "--a")[-2:] == ["/x/main.py", "--a"]
