@@ -283,3 +283,38 @@ def test_the_gpu_run_takes_comfyui_and_packages_from_the_payload(vendor, tmp_pat
     assert gpu_proof.os.environ["PYTHONPATH"] == f"{work / 'site'}{gpu_proof.os.pathsep}/elsewhere" and sys.path[0] == str(work / "site")
     assert report["setup"]["unpack"]["payload"] == {"total_mib": 57.3} and report["setup"]["models_dir"] == str(stack.models_dir)
     assert stack.script_command(Path("/x/main.py"), "--a")[-2:] == ["/x/main.py", "--a"]
+
+
+def test_probe_keeps_the_cuda_peak_a_sampler_resets_at_its_end(monkeypatch):
+    """WanVideoSampler calls torch.cuda.reset_peak_memory_stats itself before returning; the probe's figure must
+    still be the peak during the node. Fake torch and ComfyUI modules stand in (no GPU here)."""
+    import importlib.util
+    import types
+
+    state = {"now": 0, "peak": 0}
+    cuda = types.SimpleNamespace(
+        is_available=lambda: True, synchronize=lambda: None, memory_allocated=lambda *a: state["now"],
+        max_memory_allocated=lambda *a: state["peak"], max_memory_reserved=lambda *a: state["peak"],
+        reset_peak_memory_stats=lambda *a: state.update(peak=state["now"]))
+    fake_torch = types.SimpleNamespace(cuda=cuda, Tensor=type("Tensor", (), {}))
+    routes = types.SimpleNamespace(get=lambda path: (lambda fn: fn))
+    prompt_server = types.SimpleNamespace(instance=types.SimpleNamespace(routes=routes, add_on_prompt_handler=lambda fn: None))
+    for name, module in {"torch": fake_torch, "server": types.SimpleNamespace(PromptServer=prompt_server),
+                         "nodes": types.SimpleNamespace(NODE_CLASS_MAPPINGS={})}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("probe_under_test", ROOT / "bench" / "comfy_probe" / "tenexa_gpu_probe" / "__init__.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+
+    def sampler_process(self, **kwargs):
+        state.update(now=40e9, peak=max(state["peak"], 40e9))  # the expert moves in: 40 GB
+        state.update(now=55e9, peak=max(state["peak"], 55e9))  # activations: 55 GB at the top
+        state.update(now=2e9)  # offloaded
+        fake_torch.cuda.reset_peak_memory_stats(0)  # what the wrapper does before returning
+        return ({"samples": None},)
+
+    probe._measure("WanVideoSampler", sampler_process)(None, steps=4, start_step=0, end_step=2)
+    record = probe.RECORDS[-1]
+    assert record["cuda_peak_allocated_gb"] == 55.0 and record["cuda_peak_reserved_gb"] == 55.0 and record["cuda_allocated_after_gb"] == 2.0
+    assert record["inputs"]["steps"] == 4 and record["seconds"] >= 0
+    assert state["peak"] == 2e9, "the wrapper's own reset still happened"

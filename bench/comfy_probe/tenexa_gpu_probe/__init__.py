@@ -4,7 +4,8 @@
 a ComfyUI tree). It adds no node class. It wraps the functions of the node classes in ``MEASURED``:
 
 - every call: wall seconds (CUDA synchronised before and after), the CUDA allocator's peak during the call
-  (``torch.cuda.max_memory_allocated`` / ``max_memory_reserved``, reset at the start), the process RSS after;
+  (``torch.cuda.max_memory_allocated`` / ``max_memory_reserved``, reset at the start; the sampler resets them
+  itself at its end, so the probe's reset first keeps what they held), the process RSS after;
 - ``WanVideoModelLoader``: what the pack's loader made of the file: dim, layers, heads, cross-attention type,
   the quantization it settled on (``fp8_e4m3fn`` is upgraded to ``fp8_e4m3fn_scaled`` for a scaled file), how
   many scaled fp8 linears, parameter bytes per dtype, and the file's tensor names against the model's
@@ -43,12 +44,29 @@ _WRAPPED: set[str] = set()
 log = logging.getLogger("tenexa_gpu_probe")
 
 
+_PEAKS = {"allocated": 0, "reserved": 0}  # peaks seen before a reset inside the node being measured
+
+
 def _cuda():
     try:
         import torch
     except ImportError:
         return None
-    return torch if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    if not getattr(torch.cuda.reset_peak_memory_stats, "tenexa_probe", False):
+        # WanVideoSampler resets CUDA's peak counters itself at its end: keep what they held first, then reset as asked
+        original = torch.cuda.reset_peak_memory_stats
+
+        def keep_peaks_then_reset(device=None):
+            _PEAKS["allocated"] = max(_PEAKS["allocated"], torch.cuda.max_memory_allocated(device))
+            _PEAKS["reserved"] = max(_PEAKS["reserved"], torch.cuda.max_memory_reserved(device))
+            return original(device)
+
+        keep_peaks_then_reset.tenexa_probe = True
+        keep_peaks_then_reset.original = original
+        torch.cuda.reset_peak_memory_stats = keep_peaks_then_reset
+    return torch
 
 
 def _rss_gb() -> float | None:
@@ -131,7 +149,8 @@ def _measure(cls_name: str, func):
         record = {"class": cls_name}
         if torch is not None:
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats.original()
+            _PEAKS.update(allocated=0, reserved=0)
         loader_module = file_keys = None
         if cls_name == "WanVideoModelLoader":
             model_name = kwargs.get("model", args[0] if args else None)
@@ -156,8 +175,8 @@ def _measure(cls_name: str, func):
         record["seconds"] = round(time.perf_counter() - started, 4)
         record["t_end"] = time.time()
         if torch is not None:
-            record["cuda_peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / GB, 3)
-            record["cuda_peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / GB, 3)
+            record["cuda_peak_allocated_gb"] = round(max(_PEAKS["allocated"], torch.cuda.max_memory_allocated()) / GB, 3)
+            record["cuda_peak_reserved_gb"] = round(max(_PEAKS["reserved"], torch.cuda.max_memory_reserved()) / GB, 3)
             record["cuda_allocated_after_gb"] = round(torch.cuda.memory_allocated() / GB, 3)
         record["rss_gb_after"] = _rss_gb()
         try:
