@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Tenexa worker entrypoint: GPU preflight -> models -> ComfyUI -> optional warm-up -> handler.
 #
-# Works in the image (defaults below) and on any machine with a ComfyUI checkout:
-#   COMFY_ROOT=~/ComfyUI COMFY_PYTHON=~/ComfyUI/.venv/bin/python HANDLER_PYTHON=.venv/bin/python \
-#   ALLOW_CPU=1 MODELS=none SERVE_API_LOCALLY=true ./entrypoint.sh
+# Works in the image (defaults below) and on any machine with a ComfyUI checkout. Without COMFY_ROOT it uses the
+# image's /ComfyUI, else the install of scripts/install_stack.py (~/.cache/tenexa/ComfyUI, whose venv then runs both
+# ComfyUI and the handler): scripts/serve_local.sh is that, serving the local API on CPU.
 # Every variable is described in docs/DEPLOYMENT.md. Exit status: 2 bad configuration, 3 no usable GPU,
 # 4 model provisioning failed, 5 ComfyUI exited, 6 ComfyUI not ready in time, 7 warm-up job failed,
 # 128+N after signal N; otherwise the handler's own exit status.
@@ -12,6 +12,14 @@ set -euo pipefail
 
 REPO_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 
+# The default install of scripts/install_stack.py: one venv runs ComfyUI and the handler (requirements-stack.lock
+# holds the handler's requirements too).
+STACK_PREFIX="${HOME:-/root}/.cache/tenexa"
+if [[ -z ${COMFY_ROOT:-} && ! -f /ComfyUI/main.py && -f $STACK_PREFIX/ComfyUI/main.py ]]; then
+	COMFY_ROOT="$STACK_PREFIX/ComfyUI"
+	COMFY_PYTHON="${COMFY_PYTHON:-$STACK_PREFIX/venv/bin/python}"
+	HANDLER_PYTHON="${HANDLER_PYTHON:-$STACK_PREFIX/venv/bin/python}"
+fi
 COMFY_ROOT="${COMFY_ROOT:-/ComfyUI}"
 SERVER_ADDRESS="${SERVER_ADDRESS:-127.0.0.1}"
 COMFY_PORT="${COMFY_PORT:-8188}"
@@ -157,8 +165,9 @@ check_config() {
 	# Absolute, because extra_model_paths.yaml expands ${COMFY_ROOT} relative to its own folder otherwise.
 	COMFY_ROOT="$(cd -- "$COMFY_ROOT" && pwd)"
 	COMFY_LOG="${COMFY_LOG:-$COMFY_ROOT/comfy.log}"
-	# The handler, tenexa.provision and ComfyUI (for extra_model_paths.yaml) read these.
-	export COMFY_ROOT VOLUME_ROOT SERVER_ADDRESS COMFY_PORT COMFY_READY_TIMEOUT COMFY_LOG MODELS
+	# The handler, tenexa.provision and ComfyUI (for extra_model_paths.yaml) read these; the handler probes
+	# SageAttention in COMFY_PYTHON for TENEXA_ATTENTION=auto.
+	export COMFY_ROOT VOLUME_ROOT SERVER_ADDRESS COMFY_PORT COMFY_READY_TIMEOUT COMFY_LOG MODELS COMFY_PYTHON
 	[[ -f $REPO_DIR/handler.py ]] || die 2 "$REPO_DIR/handler.py not found"
 	[[ -f $REPO_DIR/extra_model_paths.yaml ]] || die 2 "$REPO_DIR/extra_model_paths.yaml not found"
 	command -v "$COMFY_PYTHON" >/dev/null 2>&1 || die 2 "COMFY_PYTHON=$COMFY_PYTHON is not an executable"
@@ -264,9 +273,11 @@ warm_up() {
 	local job
 	case "${WARMUP,,}" in
 	"" | 0 | false | no | off) return 1 ;;
-	1 | true | yes | on) job='{"input": {"diagnose": true, "selftest": true}}' ;;
+	# The warm-up mode loads the experts, VAE and text encoder a default generate needs into ComfyUI, so the
+	# first real job starts sampling at once; it reports problems as ok=false and never fails the job.
+	1 | true | yes | on) job='{"input": {"warmup": true}}' ;;
 	*)
-		[[ $WARMUP == "{"* ]] || die 2 "WARMUP must be 1/true (self-test) or a JSON job like {\"input\": {...}}, got '$WARMUP'"
+		[[ $WARMUP == "{"* ]] || die 2 "WARMUP must be 1/true (warm-up job) or a JSON job like {\"input\": {...}}, got '$WARMUP'"
 		job=$WARMUP
 		;;
 	esac

@@ -2,7 +2,9 @@
 
     {"input": {"test": true}}                         -> health check, in-process, well under a second
     {"input": {"diagnose": true, "selftest": true}}   -> what is installed and whether the pipeline works
+    {"input": {"warmup": true}}                       -> load the models the next generate needs; the load time
     {"input": {"image_base64": ..., ...}}             -> generate an MP4 (the default)
+    {"input": {"workflow": {<API graph>}, "images": [...]}} -> run a caller's own graph (ALLOW_CUSTOM_WORKFLOWS)
 
 The handler is async so that RunPod's /cancel and execution timeout reach it: the blocking work runs in a
 thread, and a cancellation sets an event that makes the thread interrupt ComfyUI and clean up.
@@ -19,12 +21,15 @@ from typing import Any
 
 from tenexa.comfy import ComfyClient
 from tenexa.config import ConfigError, load_settings
+from tenexa.custom import run_custom
 from tenexa.diagnostics import diagnose, health
 from tenexa.errors import ErrorCode, TenexaError
 from tenexa.generate import generate
 from tenexa.logs import log, setup_logging
 from tenexa.request import select_mode
 from tenexa.responses import failure
+from tenexa.warmup import warmup
+from tenexa.workflows import attention_probe
 
 SETTINGS = load_settings()
 CLIENT = ComfyClient(SETTINGS.comfy_url)
@@ -43,7 +48,12 @@ def run_mode(mode: str, job: dict, job_input: Any, cancel: threading.Event) -> d
     job_id = str(job.get("id") or "local")
     try:
         if mode == "diagnose":
-            return diagnose(SETTINGS, CLIENT, selftest=job_input.get("selftest") is True)
+            return diagnose(SETTINGS, CLIENT, selftest=job_input.get("selftest") is True,
+                            verify_hashes=job_input.get("verify_hashes") is True)
+        if mode == "warmup":
+            return warmup(job_id, settings=SETTINGS, client=CLIENT, cancel=cancel)
+        if mode == "custom":
+            return run_custom(job_id, job_input, settings=SETTINGS, client=CLIENT, cancel=cancel, send_progress=progress_sender(job))
         return generate(job_id, job_input, settings=SETTINGS, client=CLIENT, cancel=cancel, send_progress=progress_sender(job))
     except TenexaError as err:
         log.info("job %s: failed %s: %s", job_id, err.code.value, err.message)
@@ -86,5 +96,7 @@ if __name__ == "__main__":
     import runpod
 
     setup_logging(SETTINGS.secrets())  # only when serving: importing the handler must not reconfigure logging
+    if SETTINGS.attention_mode == "auto":  # probe ComfyUI's interpreter now, not during the first job
+        threading.Thread(target=attention_probe, args=(SETTINGS,), name="attention-probe", daemon=True).start()
 
     runpod.serverless.start({"handler": handler})

@@ -27,6 +27,7 @@ from tenexa.errors import ErrorCode, TenexaError
 from tenexa.logs import log
 
 EventHandler = Callable[[str, dict], None]
+OBJECT_INFO_MAX_AGE = 600.0  # seconds a cached /object_info is trusted (see cached_object_info)
 
 
 @dataclass
@@ -47,6 +48,8 @@ class OutputFile:
     subfolder: str
     type: str
     format: str | None = None
+    key: str = ""  # the history list it came from: images, gifs, videos, audio, ...
+    animated: bool = False
 
 
 def format_node_errors(body: Any) -> str:
@@ -87,6 +90,35 @@ def find_video_outputs(history_entry: dict) -> list[OutputFile]:
     return found
 
 
+def find_output_files(history_entry: dict) -> list[OutputFile]:
+    """Every file a history entry names, in node order: ``images`` (SaveImage, PreviewImage, and core SaveVideo
+    with ``animated``), VideoHelperSuite ``gifs``, ``videos``, ``audio``, ... Entries without a file name (the
+    ``text`` of PreviewAny) are not files; a file two nodes both report is listed once."""
+    found: list[OutputFile] = []
+    seen: set[tuple[str, str, str]] = set()
+    for node_id, output in sorted((history_entry.get("outputs") or {}).items(), key=lambda item: _node_order(item[0])):
+        if not isinstance(output, dict):
+            continue
+        animated = any(bool(a) for a in output.get("animated") or [])
+        for key, items in output.items():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if not isinstance(item, dict) or not isinstance(item.get("filename"), str) or not item["filename"]:
+                    continue
+                where = (str(item.get("type", "output")), str(item.get("subfolder", "")), item["filename"])
+                if where in seen:
+                    continue
+                seen.add(where)
+                found.append(OutputFile(str(node_id), item["filename"], where[1], where[0], item.get("format"),
+                                        key=key, animated=animated and key == "images"))
+    return found
+
+
+def _node_order(node_id: str) -> tuple[int, str]:
+    return (int(node_id), node_id) if str(node_id).isdigit() else (1 << 62, str(node_id))
+
+
 class ComfyClient:
     def __init__(self, base_url: str, *, http_timeout: float = 10.0, crash_grace: float = 10.0, recv_timeout: float = 1.0):
         self.base_url = base_url.rstrip("/")
@@ -96,6 +128,8 @@ class ComfyClient:
         self.recv_timeout = recv_timeout
         self.session = requests.Session()
         self.session.trust_env = False  # ComfyUI is local; never route it through a proxy
+        self._schema_lock = threading.Lock()
+        self._schema: tuple[float, dict] | None = None
 
     # -------------------------------------------------------------------------------------------- basics
 
@@ -134,6 +168,25 @@ class ComfyClient:
         resp = self._get("/object_info", timeout=timeout)
         resp.raise_for_status()
         return resp.json()
+
+    def cached_object_info(self, max_age: float = OBJECT_INFO_MAX_AGE, *, refresh: bool = False) -> tuple[dict, float]:
+        """``/object_info`` and its age in seconds, fetched again after ``max_age`` or when asked (``refresh``).
+
+        The body is large (1.9 MB for the pinned stack) and ComfyUI lists every model folder to build it, so it
+        is kept per worker. Node classes change only when ComfyUI restarts; model listings change when files are
+        added, which is why callers refresh when the cached copy says something is missing.
+        """
+        with self._schema_lock:
+            now = time.monotonic()
+            if refresh or self._schema is None or now - self._schema[0] > max_age:
+                self._schema = (now, self.object_info())
+            fetched, info = self._schema
+            return info, now - fetched
+
+    def forget_object_info(self) -> None:
+        """Drop the cached schema (ComfyUI disagreed with it: the next job fetches a fresh one)."""
+        with self._schema_lock:
+            self._schema = None
 
     def upload_image(self, data: bytes, name: str, subfolder: str = "") -> str:
         """Upload into ComfyUI's input folder; returns the value a LoadImage node takes."""

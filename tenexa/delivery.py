@@ -86,6 +86,49 @@ def deliver(video_path: Path, *, job_id: str, mode: str, settings: Settings, sha
     )
 
 
+def deliver_files(files: list[tuple[Path, str, str]], *, job_id: str, mode: str, settings: Settings) -> dict:
+    """Several files, given as (path, content type, sha256), all delivered the same way so a client handles one
+    kind of answer: inline while all of them together fit ``MAX_RESPONSE_MB``, else all by URL when a bucket is
+    configured (``delivery_note`` says why), else ``OUTPUT_TOO_LARGE``. Each entry is worker-comfyui's
+    ``{"type": "base64" | "s3_url", "data": ...}`` plus what the single-file delivery reports."""
+    if mode not in DELIVERY_MODES:
+        raise TenexaError(ErrorCode.INVALID_INPUT, f"output: expected one of {', '.join(DELIVERY_MODES)}, got {mode!r}")
+    total = sum(Path(path).stat().st_size for path, _, _ in files)
+    inline = mode == "base64" and sum(base64_length(Path(p).stat().st_size) for p, _, _ in files) + JSON_HEADROOM_BYTES \
+        <= response_budget_bytes(settings)
+    note = None
+    if mode == "base64" and not inline:
+        budget_mb = settings.max_response_mb
+        size_text = f"{len(files)} file(s) of {total / BYTES_PER_MB:.1f} MB in all"
+        if not settings.bucket_configured:
+            raise TenexaError(
+                ErrorCode.OUTPUT_TOO_LARGE,
+                f"the outputs are {size_text}, over the {budget_mb:g} MB response budget (MAX_RESPONSE_MB) as base64; "
+                "configure a bucket (BUCKET_ENDPOINT_URL, BUCKET_NAME, BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY) "
+                "to receive URLs, or make fewer or smaller outputs",
+                details={"size_bytes": total, "budget_bytes": response_budget_bytes(settings)},
+            )
+        note = (f"output=base64 was requested, but the outputs are {size_text}, over the {budget_mb:g} MB response "
+                "budget (MAX_RESPONSE_MB); delivered as URLs instead")
+        log.info("job %s: %s exceed MAX_RESPONSE_MB=%g, delivering by URL", job_id, size_text, budget_mb)
+    entries = []
+    for path, content_type, sha256 in files:
+        if inline:
+            encoded = encode_inline(Path(path), sha256=sha256)
+            entries.append({"type": "base64", "data": encoded["video_base64"], "size_bytes": encoded["size_bytes"],
+                            "sha256": encoded["sha256"]})
+        else:
+            linked = upload_and_link(Path(path), job_id=job_id, settings=settings, sha256=sha256, content_type=content_type)
+            entries.append({"type": "s3_url", "data": linked["video_url"], "object_key": linked["object_key"],
+                            "expires_at": linked["expires_at"], "size_bytes": linked["size_bytes"], "sha256": linked["sha256"]})
+    result: dict[str, Any] = {"delivery": "base64" if inline else "url", "files": entries}
+    if not inline:
+        result["bucket"] = settings.bucket_name
+    if note:
+        result["delivery_note"] = note
+    return result
+
+
 # --- base64 -------------------------------------------------------------------------------------------
 
 
@@ -122,7 +165,8 @@ def encode_inline(video_path: Path, *, sha256: str | None = None) -> dict:
 # --- bucket ---------------------------------------------------------------------------------------------
 
 
-def upload_and_link(video_path: Path, *, job_id: str, settings: Settings, sha256: str | None = None) -> dict:
+def upload_and_link(video_path: Path, *, job_id: str, settings: Settings, sha256: str | None = None,
+                    content_type: str = "video/mp4") -> dict:
     """Upload the file (streamed from disk) and return a presigned GET link to it."""
     missing = [
         env for env, value in (("BUCKET_ENDPOINT_URL", settings.bucket_endpoint_url), ("BUCKET_NAME", settings.bucket_name)) if not value
@@ -154,7 +198,7 @@ def upload_and_link(video_path: Path, *, job_id: str, settings: Settings, sha256
             str(video_path),
             bucket,
             key,
-            ExtraArgs={"ContentType": "video/mp4", "Metadata": {"sha256": digest}},
+            ExtraArgs={"ContentType": content_type, "Metadata": {"sha256": digest}},
             Config=TransferConfig(
                 multipart_threshold=UPLOAD_PART_BYTES, multipart_chunksize=UPLOAD_PART_BYTES, max_concurrency=UPLOAD_CONCURRENCY
             ),

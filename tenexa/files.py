@@ -1,8 +1,9 @@
-"""Small file helpers shared by the pipeline, delivery and the provisioner."""
+"""Small file helpers shared by the pipeline, delivery, diagnostics, the LoRA cache and the provisioner."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 
@@ -13,3 +14,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def volume_mounted(volume_root: Path) -> bool:
+    """A mount point, or (in containers where the mount is not visible as one) a folder with something in it."""
+    return os.path.ismount(volume_root) or (volume_root.is_dir() and any(volume_root.iterdir()))

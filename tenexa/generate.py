@@ -1,24 +1,67 @@
-"""Generate mode: request → images → bound Wan graph → ComfyUI → video → delivery."""
+"""Generate mode: request → images and LoRA URLs → bound Wan graph → ComfyUI → video → delivery."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tenexa import workflows
 from tenexa.comfy import ComfyClient
 from tenexa.config import Settings
 from tenexa.delivery import deliver
-from tenexa.images import prepare_image
+from tenexa.images import PreparedImage, prepare_image
 from tenexa.logs import log
-from tenexa.pipeline import run_graph
+from tenexa.loras import fetch_loras
+from tenexa.pipeline import PipelineResult, run_graph
 from tenexa.progress import ProgressReporter
-from tenexa.request import parse_generate
+from tenexa.request import GenerateRequest, parse_generate
+from tenexa.workflows import BoundWorkflow
 from tenexa.workspace import JobWorkspace
 
 START_IMAGE, END_IMAGE = "start.png", "end.png"
+
+
+@contextmanager
+def rendered(
+    job_id: str,
+    request: GenerateRequest,
+    start: PreparedImage,
+    end: PreparedImage | None,
+    *,
+    settings: Settings,
+    client: ComfyClient,
+    deadline: float,
+    cancel: threading.Event | None = None,
+    send_progress: Callable[[dict], None] | None = None,
+) -> Iterator[tuple[BoundWorkflow, PipelineResult, ProgressReporter]]:
+    """Bind ``request`` (every rule is checked there, before ComfyUI sees anything), run it, and yield the
+    result while the video is still in the job's workspace; the workspace is removed on leaving."""
+    workspace = JobWorkspace(settings.comfy_root, job_id)
+    try:
+        bound = workflows.bind(
+            request,
+            image_size=(start.width, start.height),
+            settings=settings,
+            start_image=workspace.input_name(START_IMAGE),
+            end_image=workspace.input_name(END_IMAGE) if end else None,
+            output_prefix=workspace.output_prefix,
+        )
+        client.wait_until_ready(settings.ready_timeout)
+        reporter = ProgressReporter(send_progress or (lambda _payload: None), graph=bound.graph, interval=settings.progress_interval)
+        log.info("job %s: %s %sx%s %s frames, %s steps", job_id, request.workflow,
+                 bound.used.get("width"), bound.used.get("height"), bound.used.get("frames"), bound.used.get("steps"))
+        try:
+            images = {START_IMAGE: start.png, **({END_IMAGE: end.png} if end else {})}
+            result = run_graph(client, bound.graph, workspace=workspace, images=images, deadline=deadline, cancel=cancel,
+                               on_event=reporter.on_event, on_phase=reporter.phase)
+            yield bound, result, reporter
+        finally:
+            reporter.close()
+    finally:
+        workspace.cleanup()
 
 
 def generate(
@@ -31,38 +74,18 @@ def generate(
     send_progress: Callable[[dict], None] | None = None,
 ) -> dict:
     started = time.monotonic()
-    request = parse_generate(job_input)
+    request = parse_generate(job_input, max_frames=settings.max_window_frames)
     start = prepare_image(request.image, settings)
     end = prepare_image(request.end_image, settings) if request.end_image else None
-    client.wait_until_ready(settings.ready_timeout)
-
-    workspace = JobWorkspace(settings.comfy_root, job_id)
-    images = {START_IMAGE: start.png, **({END_IMAGE: end.png} if end else {})}
-    bound = workflows.bind(
-        request,
-        image_size=(start.width, start.height),
-        settings=settings,
-        start_image=workspace.input_name(START_IMAGE),
-        end_image=workspace.input_name(END_IMAGE) if end else None,
-        output_prefix=workspace.output_prefix,
-    )
-    reporter = ProgressReporter(send_progress or (lambda _payload: None), graph=bound.graph, interval=settings.progress_interval)
-    log.info("job %s: generate %s %sx%s %s frames, %s steps", job_id, request.workflow,
-             bound.used.get("width"), bound.used.get("height"), bound.used.get("frames"), bound.used.get("steps"))
-    try:
-        result = run_graph(
-            client, bound.graph, workspace=workspace, images=images,
-            deadline=started + settings.exec_timeout, cancel=cancel,
-            on_event=reporter.on_event, on_phase=reporter.phase,
-        )
+    workflows.check_window(request, (start.width, start.height), settings)  # before any LoRA is downloaded
+    request = fetch_loras(request, settings, cancel=cancel)
+    with rendered(job_id, request, start, end, settings=settings, client=client, deadline=started + settings.exec_timeout,
+                  cancel=cancel, send_progress=send_progress) as (bound, result, reporter):
         reporter.phase("delivering")
         reporter.close()  # the last progress update must land before the result (runpod-sdk.md §4)
         t_deliver = time.monotonic()
         delivered = deliver(result.video_path, job_id=job_id, mode=request.output, settings=settings, sha256=result.video.sha256)
         deliver_s = time.monotonic() - t_deliver
-    finally:
-        reporter.close()
-        workspace.cleanup()
 
     video = result.video
     response: dict[str, Any] = {

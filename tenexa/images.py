@@ -2,8 +2,8 @@
 
 Odd but valid images (CMYK, alpha, 16-bit, palette, animated) are converted to 8-bit RGB rather than refused;
 anything that is not a decodable image, or is too big in bytes or pixels, is refused with a clear code.
-URLs are fetched with an SSRF guard: http(s) only, every hop (redirects included) must resolve to public
-addresses unless ALLOW_PRIVATE_URLS is set, with a size cap and a whole-download deadline.
+URLs are fetched by ``tenexa.fetch`` (the SSRF guard: http(s) only, every hop resolved once, checked and
+connected to at the checked address, a size cap and a whole-download deadline).
 """
 
 from __future__ import annotations
@@ -11,23 +11,18 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import ipaddress
 import re
-import socket
-import time
 import warnings
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
 
-import requests
 from PIL import Image, ImageOps, ImageSequence
 
 from tenexa.config import Settings
 from tenexa.errors import ErrorCode, TenexaError
+from tenexa.fetch import IMAGE_CODES, UrlPolicy, fetch_bytes
 from tenexa.request import ImageSource
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*?;base64,", re.IGNORECASE)
-_MAX_REDIRECTS = 3
 
 
 @dataclass(frozen=True)
@@ -58,8 +53,9 @@ def decode_base64(text: str, field: str, max_bytes: int) -> bytes:
     return raw
 
 
-def normalize_image(raw: bytes, field: str, max_pixels: int) -> PreparedImage:
-    """Decode fully (so truncation is caught here, not in ComfyUI) and re-encode as 8-bit RGB PNG."""
+def normalize_image(raw: bytes, field: str, max_pixels: int, *, keep_alpha: bool = False) -> PreparedImage:
+    """Decode fully (so truncation is caught here, not in ComfyUI) and re-encode as 8-bit RGB PNG (RGBA when
+    ``keep_alpha`` and the image has transparency: a custom graph's LoadImage turns alpha into its mask)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -75,7 +71,7 @@ def normalize_image(raw: bytes, field: str, max_pixels: int) -> PreparedImage:
                 fmt = img.format or "unknown"
                 frame = next(ImageSequence.Iterator(img)) if getattr(img, "is_animated", False) else img
                 frame.load()
-                converted = _to_rgb(ImageOps.exif_transpose(frame) or frame)
+                converted = _to_rgb(ImageOps.exif_transpose(frame) or frame, keep_alpha=keep_alpha)
                 mode = frame.mode
     except TenexaError:
         raise
@@ -89,9 +85,11 @@ def normalize_image(raw: bytes, field: str, max_pixels: int) -> PreparedImage:
     return PreparedImage(out.getvalue(), converted.width, converted.height, fmt, None if mode == "RGB" else mode)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, *, keep_alpha: bool = False) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if keep_alpha and ("A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)):
+        return img.convert("RGBA")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grey: scale to 8 bits instead of clipping.
         img = img.point(lambda v: v / 256).convert("L") if img.mode != "I" else img.convert("F").point(lambda v: v / 256).convert("L")
@@ -108,71 +106,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 # ------------------------------------------------------------------------------------------------ fetching
 
 
-def _check_host(url: str, field: str, allow_private: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise TenexaError(ErrorCode.URL_BLOCKED, f"{field}: only http and https URLs are allowed")
-    if not parts.hostname:
-        raise TenexaError(ErrorCode.URL_BLOCKED, f"{field}: URL has no host")
-    if parts.username or parts.password:
-        raise TenexaError(ErrorCode.URL_BLOCKED, f"{field}: credentials in URLs are not allowed")
-    if allow_private:
-        return
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError):
-        raise TenexaError(ErrorCode.IMAGE_FETCH_FAILED, f"{field}: host {parts.hostname!r} does not resolve") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if getattr(address, "ipv4_mapped", None):
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
-            raise TenexaError(
-                ErrorCode.URL_BLOCKED,
-                f"{field}: {parts.hostname} resolves to a non-public address; set ALLOW_PRIVATE_URLS=true to allow it",
-            )
+def fetch_url(url: str, field: str, settings: Settings, policy: UrlPolicy | None = None) -> bytes:
+    """Download an image through the SSRF-safe fetcher: every hop checked and pinned, a byte cap, a total deadline."""
+    return fetch_bytes(url, field, max_bytes=settings.max_image_bytes, timeout=settings.image_url_timeout,
+                       codes=IMAGE_CODES, policy=policy or UrlPolicy.from_settings(settings))
 
 
-def fetch_url(url: str, field: str, settings: Settings, session: requests.Session | None = None) -> bytes:
-    """Download with the guard applied to every redirect hop, a byte cap and a total deadline."""
-    session = session or requests.Session()
-    session.trust_env = False  # a proxy would bypass the address check
-    deadline = time.monotonic() + settings.image_url_timeout
-    for _ in range(_MAX_REDIRECTS + 1):
-        _check_host(url, field, settings.allow_private_urls)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            resp = session.get(url, stream=True, allow_redirects=False, timeout=(min(5.0, remaining), min(10.0, remaining)))
-        except requests.RequestException as exc:
-            raise TenexaError(ErrorCode.IMAGE_FETCH_FAILED, f"{field}: download failed ({type(exc).__name__})") from None
-        with resp:
-            if resp.is_redirect:
-                url = urljoin(url, resp.headers.get("location", ""))
-                continue
-            if resp.status_code != 200:
-                raise TenexaError(ErrorCode.IMAGE_FETCH_FAILED, f"{field}: server answered HTTP {resp.status_code}")
-            declared = resp.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > settings.max_image_bytes:
-                raise TenexaError(ErrorCode.IMAGE_TOO_LARGE, f"{field}: {declared} bytes; the limit is {settings.max_image_bytes}")
-            buf = bytearray()
-            try:
-                while chunk := resp.raw.read1(64 * 1024):  # read1: whatever has arrived, so the deadline is checked often
-                    buf += chunk
-                    if len(buf) > settings.max_image_bytes:
-                        raise TenexaError(ErrorCode.IMAGE_TOO_LARGE, f"{field}: more than {settings.max_image_bytes} bytes")
-                    if time.monotonic() > deadline:
-                        raise TenexaError(ErrorCode.IMAGE_FETCH_FAILED, f"{field}: download took longer than {settings.image_url_timeout:g} s")
-            except requests.RequestException as exc:
-                raise TenexaError(ErrorCode.IMAGE_FETCH_FAILED, f"{field}: download failed ({type(exc).__name__})") from None
-            return bytes(buf)
-    if time.monotonic() >= deadline:
-        raise TenexaError(ErrorCode.IMAGE_FETCH_FAILED, f"{field}: download took longer than {settings.image_url_timeout:g} s")
-    raise TenexaError(ErrorCode.IMAGE_FETCH_FAILED, f"{field}: more than {_MAX_REDIRECTS} redirects")
-
-
-def prepare_image(source: ImageSource, settings: Settings) -> PreparedImage:
+def prepare_image(source: ImageSource, settings: Settings, *, keep_alpha: bool = False) -> PreparedImage:
     if source.base64 is not None:
         raw = decode_base64(source.base64, source.field, settings.max_image_bytes)
     else:
@@ -180,4 +120,4 @@ def prepare_image(source: ImageSource, settings: Settings) -> PreparedImage:
         raw = fetch_url(source.url, source.field, settings)
     if len(raw) > settings.max_image_bytes:
         raise TenexaError(ErrorCode.IMAGE_TOO_LARGE, f"{source.field}: {len(raw)} bytes; the limit is {settings.max_image_bytes}")
-    return normalize_image(raw, source.field, settings.max_image_pixels)
+    return normalize_image(raw, source.field, settings.max_image_pixels, keep_alpha=keep_alpha)

@@ -12,12 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from PIL import Image, UnidentifiedImageError
+
 from tenexa.comfy import ComfyClient, OutputFile, PromptResult, find_video_outputs
 from tenexa.errors import ErrorCode, TenexaError
+from tenexa.files import sha256_file
 from tenexa.video import VideoInfo, probe_video
 from tenexa.workspace import JobWorkspace
 
 EventHandler = Callable[[str, dict], None]
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 MODEL_INPUTS = {"model", "model_name", "vae", "vae_name", "clip_name", "lora", "lora_name", "ckpt_name", "unet_name"}
 
@@ -30,6 +36,21 @@ class PipelineResult:
     video: VideoInfo
     upload_s: float
     fetch_s: float
+
+
+@dataclass
+class FetchedFile:
+    """One output file on local disk, with what it is: ``video`` (probed with PyAV), ``image`` (Pillow) or ``file``."""
+
+    output: OutputFile
+    path: Path
+    kind: str
+    size_bytes: int
+    sha256: str
+    video: VideoInfo | None = None
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
 
 
 def upload_images(client: ComfyClient, workspace: JobWorkspace, images: dict[str, bytes]) -> None:
@@ -66,7 +87,7 @@ def describe_execution_error(error: dict) -> str:
     return f"node {node} ({node_type}) failed: {exc_type}: {message}"
 
 
-def run_graph(
+def execute_graph(
     client: ComfyClient,
     graph: dict,
     *,
@@ -76,7 +97,8 @@ def run_graph(
     cancel: threading.Event | None = None,
     on_event: EventHandler | None = None,
     on_phase: Callable[[str], None] | None = None,
-) -> PipelineResult:
+) -> tuple[PromptResult, float]:
+    """Upload, submit, follow to the end; a finished run and the upload seconds, or the documented error."""
     phase = on_phase or (lambda _name: None)
     t0 = time.monotonic()
     phase("uploading")
@@ -95,7 +117,23 @@ def run_graph(
                           details={"prompt_id": run.prompt_id, "node_id": (run.error or {}).get("node_id")})
     if run.status == "interrupted":
         raise TenexaError(ErrorCode.GENERATION_ERROR, "ComfyUI interrupted the prompt before it finished")
+    return run, upload_s
 
+
+def run_graph(
+    client: ComfyClient,
+    graph: dict,
+    *,
+    workspace: JobWorkspace,
+    images: dict[str, bytes],
+    deadline: float,
+    cancel: threading.Event | None = None,
+    on_event: EventHandler | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """The built-in graphs' path: run, then fetch and probe the one video they make."""
+    run, upload_s = execute_graph(client, graph, workspace=workspace, images=images, deadline=deadline,
+                                  cancel=cancel, on_event=on_event, on_phase=on_phase)
     outputs = find_video_outputs(run.history)
     if not outputs:
         raise TenexaError(ErrorCode.NO_OUTPUT, "ComfyUI finished without writing a video")
@@ -105,3 +143,35 @@ def run_graph(
     client.download(output, path)
     video = probe_video(path)
     return PipelineResult(run, output, path, video, upload_s=upload_s, fetch_s=time.monotonic() - t1)
+
+
+def fetch_outputs(client: ComfyClient, files: list[OutputFile], dest: Path) -> list[FetchedFile]:
+    """Download each file through /view into ``dest`` and say what it is; names are numbered so two nodes'
+    files with the same name (in different subfolders) never overwrite each other."""
+    fetched = []
+    for index, output in enumerate(files):
+        path = dest / f"{index:03d}-{PurePosixPath(output.filename).name}"
+        client.download(output, path)
+        fetched.append(describe_file(output, path))
+    return fetched
+
+
+def describe_file(output: OutputFile, path: Path) -> FetchedFile:
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        try:
+            video = probe_video(path)
+        except TenexaError:
+            video = None  # not readable by PyAV: delivered as a plain file, as ComfyUI wrote it
+        if video is not None:
+            return FetchedFile(output, path, "video", video.size_bytes, video.sha256, video=video,
+                               width=video.width, height=video.height, frames=video.frames)
+    size, digest = path.stat().st_size, sha256_file(path)
+    if suffix in IMAGE_SUFFIXES:
+        try:
+            with Image.open(path) as img:
+                return FetchedFile(output, path, "image", size, digest, width=img.width, height=img.height,
+                                   frames=getattr(img, "n_frames", 1))
+        except (UnidentifiedImageError, OSError):
+            pass  # delivered as a plain file: the caller still gets the bytes ComfyUI wrote
+    return FetchedFile(output, path, "file", size, digest)

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tenexa.validator import literal_int
+
 log = logging.getLogger("tenexa.progress")
 
 PHASES = (
@@ -134,21 +136,9 @@ class GraphPlan:
             return "encoder"
         return None
 
-    def resolve_int(self, value: Any, depth: int = 0) -> int | None:
+    def resolve_int(self, value: Any) -> int | None:
         """A literal int, or the literal ``value`` of a constant node (INTConstant, PrimitiveInt…) it links to."""
-        if isinstance(value, bool):
-            return None
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if _is_link(value) and depth < 8:
-            source = self.graph.get(str(value[0]))
-            if isinstance(source, dict):
-                inputs = source.get("inputs", {})
-                literal = inputs.get("value", inputs.get("int"))
-                return self.resolve_int(literal, depth + 1)
-        return None
+        return literal_int(self.graph, value)
 
     def _step_counts(self, inputs: dict) -> tuple[frozenset[int], int | None]:
         steps = self.resolve_int(inputs.get("steps"))

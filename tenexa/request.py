@@ -8,23 +8,25 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tenexa import wan
 from tenexa.errors import ErrorCode, TenexaError, invalid
+from tenexa.wan import SCHEDULERS
 
 WORKFLOW_NAMES = ("wan22_i2v", "flf2v")
 OUTPUT_MODES = ("base64", "url")
-SCHEDULERS = (
-    "unipc", "unipc/beta", "dpm++", "dpm++/beta", "dpm++_sde", "dpm++_sde/beta", "euler", "euler/beta",
-    "deis", "lcm", "lcm/beta", "res_multistep", "er_sde",
-)
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**53 - 1  # exact in JSON doubles, and within WanVideoSampler's 0..2**64-1
 MAX_IMAGE_TEXT = 40 * 1024 * 1024  # base64 characters; the decoded size is checked against MAX_IMAGE_BYTES later
 MAX_URL_CHARS = 2048
 MAX_NAME_CHARS = 255
+LORA_EXPERTS = ("high", "low", "both")
+LORA_KEYS = ("url", "name", "strength", "expert")
+MAX_EXTRA_LORAS = 4  # per expert: WanVideoLoraSelectMulti has 5 slots and slot 0 holds lora_high / lora_low
 
 DEFAULT_NEGATIVE_PROMPT = (
     "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
@@ -41,6 +43,25 @@ class ImageSource:
     field: str
     base64: str | None = None
     url: str | None = None
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """One entry of ``loras``: a LoRA by URL or by file name, for one expert or both.
+
+    ``name`` is the file name ComfyUI lists; for a URL entry it is filled in once the file is in the cache
+    (``tenexa.loras.fetch_loras``), together with ``sha256``.
+    """
+
+    field: str  # "loras[0]", for messages
+    strength: float
+    expert: str  # high | low | both
+    url: str | None = None
+    name: str | None = None
+    sha256: str | None = None
+
+    def applies_to(self, expert: str) -> bool:
+        return self.expert in (expert, "both")
 
 
 @dataclass(frozen=True)
@@ -65,15 +86,19 @@ class GenerateRequest:
     lora_high_strength: float
     lora_low_strength: float
     output: str
+    loras: tuple[LoraRef, ...] = field(default=())
     ignored_keys: tuple[str, ...] = field(default=())
 
 
 def select_mode(job_input: Mapping[str, Any]) -> str:
-    """``test`` and ``diagnose`` are flags; everything else is a generate request."""
-    if job_input.get("test") is True:
-        return "test"
-    if job_input.get("diagnose") is True:
-        return "diagnose"
+    """``test``, ``diagnose`` and ``warmup`` are flags (in that order); a ``workflow`` object is a caller's own graph
+    (worker-comfyui's request shape); everything else is a generate request (``workflow`` as a string names a
+    built-in graph)."""
+    for mode in ("test", "diagnose", "warmup"):
+        if job_input.get(mode) is True:
+            return mode
+    if isinstance(job_input.get("workflow"), Mapping):
+        return "custom"
     return "generate"
 
 
@@ -120,6 +145,30 @@ def _text(data: Mapping[str, Any], name: str, default: str, max_chars: int) -> s
     return value
 
 
+# What WanVideoTextEncode (nodes.py at the pinned commit) reads in the positive prompt besides the words: it
+# splits at "|" (prompt travel: one prompt per part of the clip), switches to EchoShot multi-shot mode when "[1]"
+# appears and then splits at every [n] marker (asserting 2-6 shots: "[1] a cat" crashes the node), and turns
+# "(text:1.2)" into "text" while multiplying the whole prompt's embedding by 1.2 (and "(a:1.2.3)" crashes it).
+# The negative prompt is encoded as it is. Prompts here are literal text, so these are refused, not passed on.
+PROMPT_CONSTRUCTS = (
+    (re.compile(r"\|"), "'|' makes the text encoder split the prompt into a prompt-travel sequence"),
+    (re.compile(r"\[\d+\]"), "multi-shot markers like '[1]' switch the text encoder to EchoShot mode, which "
+                              "splits the prompt at each [n] and needs 2 to 6 shots"),
+    (re.compile(r"\((.*?):([\d.]+)\)"), "the text encoder reads '(text:number)' as a weight and multiplies the whole "
+                                        "prompt's embedding by it"),
+)
+
+
+def _literal_prompt(text: str, name: str) -> str:
+    """``text`` when WanVideoTextEncode would read it word for word; INVALID_INPUT naming the construct otherwise."""
+    for pattern, effect in PROMPT_CONSTRUCTS:
+        found = pattern.search(text)
+        if found:
+            snippet = found.group(0) if len(found.group(0)) <= 40 else found.group(0)[:37] + "..."
+            raise invalid(name, f"contains {snippet!r}: {effect}; rephrase without it (prompts are sent as literal text)")
+    return text
+
+
 def _choice(data: Mapping[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = data.get(name)
     if value is None:
@@ -144,6 +193,52 @@ def _model_name(data: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+def _url(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise invalid(name, f"must be a URL string, got {type(value).__name__}")
+    if not value.strip():
+        raise invalid(name, "must be a non-empty URL")
+    if len(value) > MAX_URL_CHARS:
+        raise invalid(name, f"must be at most {MAX_URL_CHARS} characters")
+    return value.strip()
+
+
+def _lora_entry(entry: Any, where: str) -> LoraRef:
+    if not isinstance(entry, Mapping):
+        raise invalid(where, f"must be an object with url or name, got {type(entry).__name__}")
+    unknown = sorted(str(k) for k in entry if k not in LORA_KEYS)
+    if unknown:  # a typo such as "scale" would otherwise silently mean strength 1.0
+        raise invalid(where, f"unknown key {unknown[0]!r}"[:200] + f"; the keys are {', '.join(LORA_KEYS)}")
+    if (entry.get("url") is None) == (entry.get("name") is None):
+        raise invalid(where, "give exactly one of url or name")
+    fields = {f"{where}.{k}": v for k, v in entry.items()}
+    return LoraRef(
+        field=where,
+        strength=_float(fields, f"{where}.strength", 1.0, -10.0, 10.0),
+        expert=_choice(fields, f"{where}.expert", "both", LORA_EXPERTS),
+        url=None if entry.get("url") is None else _url(entry["url"], f"{where}.url"),
+        name=_model_name(fields, f"{where}.name"),
+    )
+
+
+def _loras(data: Mapping[str, Any]) -> tuple[LoraRef, ...]:
+    """``loras``: up to 4 extra LoRAs per expert, in slots 1-4 after ``lora_high`` / ``lora_low``."""
+    value = data.get("loras")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise invalid("loras", f"must be a list of objects, got {type(value).__name__}")
+    if len(value) > 2 * MAX_EXTRA_LORAS:
+        raise invalid("loras", f"has {len(value)} entries; at most {MAX_EXTRA_LORAS} per expert fit")
+    refs = tuple(_lora_entry(entry, f"loras[{i}]") for i, entry in enumerate(value))
+    for expert in ("high", "low"):
+        count = sum(ref.applies_to(expert) for ref in refs)
+        if count > MAX_EXTRA_LORAS:
+            raise invalid("loras", f"puts {count} LoRAs on the {expert} expert; at most {MAX_EXTRA_LORAS} fit "
+                                   f"(slot 0 holds lora_{expert})")
+    return refs
+
+
 def _image(data: Mapping[str, Any], prefix: str) -> ImageSource | None:
     b64_key, url_key = f"{prefix}_base64", f"{prefix}_url"
     b64, url = data.get(b64_key), data.get(url_key)
@@ -158,25 +253,40 @@ def _image(data: Mapping[str, Any], prefix: str) -> ImageSource | None:
             raise TenexaError(ErrorCode.IMAGE_TOO_LARGE, f"{b64_key} is {len(b64)} characters; the limit is {MAX_IMAGE_TEXT}")
         return ImageSource(field=b64_key, base64=b64)
     if url is not None:
-        if not isinstance(url, str):
-            raise invalid(url_key, f"must be a URL string, got {type(url).__name__}")
-        if not url.strip():
+        if isinstance(url, str) and not url.strip():
             return None
-        if len(url) > MAX_URL_CHARS:
-            raise invalid(url_key, f"must be at most {MAX_URL_CHARS} characters")
-        return ImageSource(field=url_key, url=url.strip())
+        return ImageSource(field=url_key, url=_url(url, url_key))
     return None
 
 
 KNOWN_KEYS = frozenset({
     "image_base64", "image_url", "end_image_base64", "end_image_url", "workflow", "prompt", "negative_prompt",
     "seed", "steps", "cfg", "cfg_low", "frames", "length", "width", "height", "fps", "shift", "scheduler",
-    "lora_high", "lora_low", "lora_high_strength", "lora_low_strength", "output", "test", "diagnose", "selftest",
+    "lora_high", "lora_low", "lora_high_strength", "lora_low_strength", "lora_name", "lora_strength", "loras", "output",
+    "test", "diagnose", "selftest", "warmup", "verify_hashes",
 })
 
 
-def parse_generate(job_input: Any, *, rng: random.Random | None = None) -> GenerateRequest:
-    """Validate a generate request; raise ``TenexaError`` naming the first bad field."""
+def _expert_loras(data: Mapping[str, Any]) -> tuple[str | None, str | None, float, float]:
+    """(lora_high, lora_low, their strengths). ``lora_name``/``lora_strength`` (the original Tenexa worker's one
+    LoRA for the whole model) set both experts, as the original did; mixed with the per-expert keys it is refused."""
+    if data.get("lora_name") is None and data.get("lora_strength") is None:
+        return (_model_name(data, "lora_high"), _model_name(data, "lora_low"),
+                _float(data, "lora_high_strength", 1.0, -10.0, 10.0), _float(data, "lora_low_strength", 1.0, -10.0, 10.0))
+    mixed = sorted(k for k in ("lora_high", "lora_low", "lora_high_strength", "lora_low_strength") if data.get(k) is not None)
+    if mixed:
+        raise invalid("lora_name", f"lora_name/lora_strength set one LoRA for both experts; give them or {', '.join(mixed)}, not both")
+    name = _model_name(data, "lora_name")
+    strength = _float(data, "lora_strength", 1.0, -10.0, 10.0)
+    return name, name, strength, strength
+
+
+def parse_generate(job_input: Any, *, rng: random.Random | None = None, max_frames: int = wan.MAX_FRAMES) -> GenerateRequest:
+    """Validate a generate request; raise ``TenexaError`` naming the first bad field.
+
+    ``max_frames`` is the worker's window (MAX_WINDOW_FRAMES): longer requests are refused here, before any
+    image is fetched. The size budget needs the image's aspect ratio and is checked when binding.
+    """
     if not isinstance(job_input, Mapping):
         raise invalid("input", f"must be a JSON object, got {type(job_input).__name__}")
 
@@ -196,32 +306,47 @@ def parse_generate(job_input: Any, *, rng: random.Random | None = None) -> Gener
     if "frames" in job_input and "length" in job_input and job_input["frames"] != job_input["length"]:
         raise invalid("frames", "frames and its alias length disagree")
     frames_key = "frames" if "frames" in job_input else "length"
-    frames = _int({frames_key: job_input.get(frames_key)}, frames_key, 81, 5, 241)
+    frames = _int({frames_key: job_input.get(frames_key)}, frames_key, wan.DEFAULT_WINDOW_FRAMES, wan.MIN_FRAMES, wan.MAX_FRAMES)
+    try:
+        wan.check_window_frames(wan.fit_frames(frames), max_frames)
+    except wan.WindowError as exc:
+        rounded = f"{frames} rounds to " if wan.fit_frames(frames) != frames else ""
+        raise invalid(frames_key, rounded + str(exc)) from None
 
     seed = _int(job_input, "seed", None, 0, MAX_SEED)
     if seed is None:
         seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
 
+    steps = _int(job_input, "steps", 10, 2, 100)
+    shift = _float(job_input, "shift", 9.0, 0.5, 50.0)
+    scheduler = _choice(job_input, "scheduler", "dpm++_sde", SCHEDULERS)
+    try:
+        wan.expert_split(steps, shift, scheduler)
+    except wan.SplitError as exc:
+        raise invalid("shift", str(exc)) from None
+    lora_high, lora_low, lora_high_strength, lora_low_strength = _expert_loras(job_input)
+
     return GenerateRequest(
         workflow=workflow,
         image=image,
         end_image=end_image,
-        prompt=_text(job_input, "prompt", "", MAX_PROMPT_CHARS),
+        prompt=_literal_prompt(_text(job_input, "prompt", "", MAX_PROMPT_CHARS), "prompt"),
         negative_prompt=_text(job_input, "negative_prompt", DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_CHARS),
         seed=seed,
-        steps=_int(job_input, "steps", 10, 2, 100),
+        steps=steps,
         cfg=_float(job_input, "cfg", 2.0, 1.0, 20.0),
         cfg_low=_float(job_input, "cfg_low", 1.0, 1.0, 20.0),
         frames=frames,
-        width=_int(job_input, "width", None, 64, 1920),
-        height=_int(job_input, "height", None, 64, 1920),
+        width=_int(job_input, "width", None, wan.MIN_SIDE, wan.MAX_SIDE),
+        height=_int(job_input, "height", None, wan.MIN_SIDE, wan.MAX_SIDE),
         fps=_float(job_input, "fps", 16.0, 1.0, 60.0),
-        shift=_float(job_input, "shift", 9.0, 0.5, 50.0),
-        scheduler=_choice(job_input, "scheduler", "dpm++_sde", SCHEDULERS),
-        lora_high=_model_name(job_input, "lora_high"),
-        lora_low=_model_name(job_input, "lora_low"),
-        lora_high_strength=_float(job_input, "lora_high_strength", 1.0, -10.0, 10.0),
-        lora_low_strength=_float(job_input, "lora_low_strength", 1.0, -10.0, 10.0),
+        shift=shift,
+        scheduler=scheduler,
+        lora_high=lora_high,
+        lora_low=lora_low,
+        lora_high_strength=lora_high_strength,
+        lora_low_strength=lora_low_strength,
         output=_choice(job_input, "output", "base64", OUTPUT_MODES),
+        loras=_loras(job_input),
         ignored_keys=tuple(sorted(k for k in job_input if k not in KNOWN_KEYS)),
     )

@@ -58,6 +58,22 @@ def load_object_info(path: Path | str = DEFAULT_OBJECT_INFO) -> dict[str, Any]:
     return {k: v for k, v in data.items() if isinstance(v, dict) and "input" in v}
 
 
+def literal_int(graph: Mapping[str, Any], value: Any, depth: int = 0) -> int | None:
+    """A literal int input, or the literal ``value`` of a constant node (INTConstant, PrimitiveInt…) it links to."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int) and depth < 8:
+        source = graph.get(str(value[0]))
+        if isinstance(source, dict):
+            inputs = source.get("inputs") or {}
+            return literal_int(graph, inputs.get("value", inputs.get("int")), depth + 1)
+    return None
+
+
 def is_ui_format(graph: Any) -> bool:
     return isinstance(graph, dict) and isinstance(graph.get("nodes"), list) and isinstance(graph.get("links"), list)
 

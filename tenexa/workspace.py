@@ -23,13 +23,19 @@ class JobWorkspace:
         safe_id = _UNSAFE.sub("-", job_id)[:40].strip("-") or "job"
         self.token = f"{safe_id}-{uuid.uuid4().hex[:10]}"
         self.comfy_root = Path(comfy_root)
-        self.input_subfolder = f"tenexa/{self.token}"
-        self.output_prefix = f"tenexa/{self.token}/video"
+        self.subfolder = f"tenexa/{self.token}"  # the same name under input/, output/ and temp/
+        self.input_subfolder = self.subfolder
+        self.output_prefix = f"{self.subfolder}/video"
         self.scratch = Path(tempfile.mkdtemp(prefix="tenexa-job-"))
 
     def input_name(self, filename: str) -> str:
         """The value a LoadImage node takes for a file uploaded into this job's subfolder."""
         return f"{self.input_subfolder}/{filename}"
+
+    def holds(self, subfolder: str) -> bool:
+        """Whether a file ComfyUI reports in ``subfolder`` (of input/, output/ or temp/) is inside this job's folders."""
+        parts = subfolder.replace("\\", "/").split("/")
+        return "/".join(parts[:2]) == self.subfolder and ".." not in parts
 
     def _comfy_dirs(self) -> list[Path]:
         return [self.comfy_root / kind / "tenexa" / self.token for kind in ("input", "output", "temp")]

@@ -70,6 +70,7 @@ class Calls:
     interrupts: list[Any] = field(default_factory=list)
     queue_deletes: list[Any] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
+    object_info: int = 0
 
 
 class ComfyDouble:
@@ -80,6 +81,7 @@ class ComfyDouble:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.behaviour = Behaviour()
+        self.object_info_body: dict = reference_json("object_info_filtered.json")
         self.calls = Calls()
         self.history: dict[str, dict] = {}
         self.sockets: dict[str, web.WebSocketResponse] = {}
@@ -139,7 +141,8 @@ class ComfyDouble:
         return web.json_response(reference_json("get_system_stats.json")["json"])
 
     async def object_info(self, request: web.Request) -> web.Response:
-        return web.json_response(reference_json("object_info_filtered.json"))
+        self.calls.object_info += 1
+        return web.json_response(self.object_info_body)
 
     async def upload(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -300,6 +303,8 @@ class ComfyDouble:
                 height = int(self._literal(graph, inputs.get("height")) or height)
         outputs = {}
         for node_id, node in graph.items():
+            if node.get("class_type") in ("SaveImage", "SaveVideo"):
+                outputs[node_id] = self._write_core_output(node, frames, width, height)
             if node.get("class_type") != "VHS_VideoCombine":
                 continue
             inputs = node["inputs"]
@@ -314,3 +319,18 @@ class ComfyDouble:
             outputs[node_id] = {"gifs": [{"filename": name, "subfolder": subfolder, "type": kind, "format": "video/h264-mp4",
                                           "frame_rate": fps, "workflow": name[:-4] + ".png", "fullpath": str(path)}]}
         return outputs
+
+    def _write_core_output(self, node: dict, frames: int, width: int, height: int) -> dict:
+        """SaveImage (one PNG) and core SaveVideo (an MP4 reported as ``images`` + ``animated``, as recorded in
+        run_core_video.json); names follow folder_paths.get_save_image_path: ``<prefix>_<counter:05>_.<ext>``."""
+        prefix = node["inputs"].get("filename_prefix", "ComfyUI")
+        subfolder, _, stem = prefix.rpartition("/")
+        if node["class_type"] == "SaveVideo":
+            name = f"{stem}_00001_.mp4"
+            write_mp4(self.root / "output" / subfolder / name, frames, width, height, 8.0)
+            return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": [True]}
+        name = f"{stem}_00001_.png"
+        path = self.root / "output" / subfolder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (width, height), (200, 80, 40)).save(path)
+        return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}

@@ -107,9 +107,46 @@ CORPUS = [
     ("LoRA absolute path", {"image_base64": GOOD, "lora_low": "/runpod-volume/x.safetensors"}, "INVALID_INPUT"),
     ("LoRA windows drive", {"image_base64": GOOD, "lora_low": "C:\\x.safetensors"}, "INVALID_INPUT"),
     ("output mode unknown", {"image_base64": GOOD, "output": "ftp"}, "INVALID_INPUT"),
+    ("loras not a list", {"image_base64": GOOD, "loras": "https://example.com/a.safetensors"}, "INVALID_INPUT"),
+    ("loras entry a string", {"image_base64": GOOD, "loras": ["https://example.com/a.safetensors"]}, "INVALID_INPUT"),
+    ("loras entry with url and name", {"image_base64": GOOD, "loras": [{"url": "https://example.com/a", "name": "a.safetensors"}]},
+     "INVALID_INPUT"),
+    ("loras entry with neither", {"image_base64": GOOD, "loras": [{"strength": 1.0}]}, "INVALID_INPUT"),
+    ("loras entry with unknown key", {"image_base64": GOOD, "loras": [{"url": "https://example.com/a", "scale": 0.8}]}, "INVALID_INPUT"),
+    ("loras strength infinity", {"image_base64": GOOD, "loras": [{"name": "a.safetensors", "strength": 1e400}]}, "INVALID_INPUT"),
+    ("loras strength as string", {"image_base64": GOOD, "loras": [{"name": "a.safetensors", "strength": "1"}]}, "INVALID_INPUT"),
+    ("loras expert unknown", {"image_base64": GOOD, "loras": [{"name": "a.safetensors", "expert": "mid"}]}, "INVALID_INPUT"),
+    ("loras too many on one expert", {"image_base64": GOOD, "loras": [{"name": f"{i}.safetensors", "expert": "high"} for i in range(5)]},
+     "INVALID_INPUT"),
+    ("loras name path traversal", {"image_base64": GOOD, "loras": [{"name": "../../etc/passwd"}]}, "INVALID_INPUT"),
+    ("LoRA URL as number", {"image_base64": GOOD, "loras": [{"url": 12}]}, "INVALID_INPUT"),
+    ("LoRA URL too long", {"image_base64": GOOD, "loras": [{"url": "https://example.com/" + "a" * 5000}]}, "INVALID_INPUT"),
+    ("LoRA URL to metadata service", {"image_base64": GOOD, "loras": [{"url": "http://169.254.169.254/latest/meta-data/"}]}, "URL_BLOCKED"),
+    ("LoRA URL to ComfyUI on loopback", {"image_base64": GOOD, "loras": [{"url": "http://127.0.0.1:8188/view?filename=x"}]}, "URL_BLOCKED"),
+    ("LoRA URL file scheme", {"image_base64": GOOD, "loras": [{"url": "file:///runpod-volume/models/loras/x.safetensors"}]}, "URL_BLOCKED"),
+    ("LoRA URL with credentials", {"image_base64": GOOD, "loras": [{"url": "https://u:p@example.com/a.safetensors"}]}, "URL_BLOCKED"),
+    ("LoRA URL unresolvable", {"image_base64": GOOD, "loras": [{"url": "http://no-such-host.invalid/a.safetensors"}]}, "LORA_FETCH_FAILED"),
     ("prompt full of JSON and control chars", {"image_base64": GOOD, "frames": 9,
                                                "prompt": '"}, "1": {"class_type": "X"}, {{}} \\u0000? \t\r\n\x1b[31m ${HOME} `rm -rf /`'}, "ok"),
     ("unknown keys are ignored", {"image_base64": GOOD, "frames": 9, "__proto__": {"x": 1}, "class_type": "Evil"}, "ok"),
+    # issue 12: requests the pinned node pack would run wrongly, crash on, or that fit no GPU
+    ("prompt travel", {"image_base64": GOOD, "prompt": "a cat walks | a cat sleeps"}, "INVALID_INPUT"),
+    ("EchoShot marker with one shot", {"image_base64": GOOD, "prompt": "[1] a cat"}, "INVALID_INPUT"),
+    ("EchoShot markers", {"image_base64": GOOD, "prompt": "[1] a cat [2] a dog"}, "INVALID_INPUT"),
+    ("weight syntax crashing float()", {"image_base64": GOOD, "prompt": "(cat:1.2.3)"}, "INVALID_INPUT"),
+    ("time in parentheses read as a weight", {"image_base64": GOOD, "prompt": "a clock at (10:30)"}, "INVALID_INPUT"),
+    ("negative prompt is literal", {"image_base64": GOOD, "frames": 9, "negative_prompt": "blur | [1] (x:2)"}, "ok"),
+    ("frames past the window", {"image_base64": GOOD, "frames": 161}, "INVALID_INPUT"),
+    ("241 frames at 1920", {"image_base64": GOOD, "frames": 241, "width": 1920, "height": 1920}, "INVALID_INPUT"),
+    ("size over the token budget", {"image_base64": GOOD, "width": 1920, "height": 1080}, "INVALID_INPUT"),
+    ("a pack scheduler without a reproduced schedule", {"image_base64": GOOD, "scheduler": "flowmatch_pusa"}, "INVALID_INPUT"),
+    ("shift putting a step on the expert boundary", {"image_base64": GOOD, "scheduler": "res_multistep", "steps": 10,
+                                                     "shift": 8.964143}, "INVALID_INPUT"),
+    ("lora_name mixed with lora_high", {"image_base64": GOOD, "lora_name": "a.safetensors", "lora_high": "b.safetensors"},
+     "INVALID_INPUT"),
+    ("lora_name path traversal", {"image_base64": GOOD, "lora_name": "../../secret"}, "INVALID_INPUT"),
+    ("lora_name maps to both experts", {"image_base64": GOOD, "frames": 9, "lora_name": "style.safetensors"}, "ok"),
+    ("beta scheduler", {"image_base64": GOOD, "frames": 9, "scheduler": "dpm++_sde/beta"}, "ok"),
 ]
 
 
@@ -150,6 +187,8 @@ def test_hostile_corpus(worker, name, job_input, expected):
         assert out["frames"] == 9
     else:
         assert_clean_failure(out, expected)
+        # every failure in the corpus is the request's: nothing reached ComfyUI
+        assert worker.calls.prompts == [] and worker.calls.uploads == [], name
     assert comfy_leftovers(worker) == []
     assert temp_leftovers() == before
     assert run_job({"image_base64": GOOD, "frames": 9})["status"] == "completed", "the next job still works"
@@ -174,7 +213,7 @@ json_values = st.recursive(
     max_leaves=12,
 )
 keys = st.sampled_from(["image_base64", "image_url", "end_image_base64", "workflow", "prompt", "seed", "steps", "cfg", "frames",
-                        "width", "height", "fps", "shift", "scheduler", "lora_high", "output", "test", "diagnose", "length"])
+                        "width", "height", "fps", "shift", "scheduler", "lora_high", "loras", "output", "test", "diagnose", "length"])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

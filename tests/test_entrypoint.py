@@ -76,7 +76,7 @@ FAKE_HANDLER = textwrap.dedent(
     """
     import json, os, signal, sys, time, urllib.request
     state = os.environ["FAKE_STATE"]
-    keys = ["COMFY_ROOT", "COMFY_PORT", "COMFY_LOG", "VOLUME_ROOT", "SERVER_ADDRESS"]
+    keys = ["COMFY_ROOT", "COMFY_PORT", "COMFY_LOG", "VOLUME_ROOT", "SERVER_ADDRESS", "COMFY_PYTHON"]
     url = f"http://127.0.0.1:{os.environ['COMFY_PORT']}/system_stats"
     info = {"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in keys}, "pid": os.getpid(),
             "comfy_answered": urllib.request.urlopen(url, timeout=2).status}
@@ -270,11 +270,19 @@ def test_comfy_dying_under_a_running_handler_stops_the_worker(layout):
     assert elapsed < 15
 
 
+def test_handler_gets_the_interpreter_comfyui_runs_in(layout):
+    """The handler probes SageAttention in COMFY_PYTHON, so it must see the entrypoint's value, default included."""
+    del layout.env["COMFY_PYTHON"]
+    rc, _, err, _ = layout.run()
+    assert rc == 0, err
+    assert layout.read("handler.json")["env"]["COMFY_PYTHON"] == "python3"
+
+
 def test_warmup_runs_one_test_job_before_the_handler(layout):
     rc, out, err, _ = layout.run(WARMUP="1")
     assert rc == 0, err
     warm = layout.read("warmup.json")
-    assert warm["argv"] == ["--test_input", '{"input": {"diagnose": true, "selftest": true}}']
+    assert warm["argv"] == ["--test_input", '{"input": {"warmup": true}}']
     assert "phase warmup: " in out
     rc, _, err, _ = layout.run(WARMUP="1", FAKE_WARMUP_RC="1")
     assert rc == 7 and "warm-up job failed" in err
@@ -412,8 +420,6 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def test_extra_model_paths_covers_every_manifest_folder_in_image_and_volume():
     config = yaml.load((REPO_ROOT / "extra_model_paths.yaml").read_text(), Loader=_UniqueKeyLoader)
     manifest = REPO_ROOT / "models.json"
-    if not manifest.exists():
-        pytest.skip("models.json not in the repository yet; add it (workflows issue) to check folder coverage")
     folders = {m["folder"] for m in json.loads(manifest.read_text())["models"]}
     bases = {name: section["base_path"] for name, section in config.items()}
     assert bases == {"tenexa_comfy_root": "${COMFY_ROOT}/models", "tenexa_network_volume": "${VOLUME_ROOT}/models"}
@@ -443,19 +449,23 @@ def test_stack_lock_sources_in_bash_to_the_same_values():
     result = subprocess.run(["bash", "-euc", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert dict(line.split("=", 1) for line in result.stdout.splitlines()) == lock
-    for key in ("COMFYUI", "WANVIDEOWRAPPER", "VHS", "KJNODES", "SAGEATTENTION"):
+    for key in ("COMFYUI", *lock["CUSTOM_NODES"].split(","), "SAGEATTENTION"):
         assert len(lock[f"{key}_COMMIT"]) == 40 and lock[f"{key}_REPO"].startswith("https://github.com/")
 
 
 def test_dockerfile_arg_defaults_equal_stack_lock():
+    """The image installs from stack.lock itself (scripts/install_stack.py); its ARGs repeat lock values only for the
+    labels and the SageAttention build, and each must equal the lock's."""
     lock = _stack_lock()
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     defaults: dict[str, set[str]] = {}
-    for name, value in re.findall(r"^ARG ([A-Z_]+)=(\S+)$", (REPO_ROOT / "Dockerfile").read_text(), re.M):
+    for name, value in re.findall(r"^ARG ([A-Z_]+)=(\S+)$", dockerfile, re.M):
         defaults.setdefault(name, set()).add(value)
-    missing = sorted(set(lock) - set(defaults))
-    assert not missing, f"stack.lock keys without an ARG in the Dockerfile: {missing}"
-    drift = {k: (sorted(defaults[k]), lock[k]) for k in lock if defaults[k] != {lock[k]}}
+    drift = {k: (sorted(v), lock[k]) for k, v in defaults.items() if k in lock and v != {lock[k]}}
     assert not drift, f"Dockerfile ARG defaults differ from stack.lock: {drift}"
+    components = ["COMFYUI", *lock["CUSTOM_NODES"].split(",")]
+    labelled = set(re.findall(r'io\.tenexa\.[\w.-]+\.commit="\$\{([A-Z_]+)\}"', dockerfile))
+    assert labelled == {f"{key}_COMMIT" for key in components}, "every installed repository's commit is labelled"
 
 
 # --- local serving and RunPod Hub files --------------------------------------------------------------------

@@ -5,15 +5,15 @@ from __future__ import annotations
 import base64
 import io
 import struct
-import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 
 import pytest
 from PIL import Image
+from url_server import UrlServer
 
-from tenexa import images
+from tenexa import fetch
 from tenexa.config import load_settings
 from tenexa.errors import ErrorCode, TenexaError
 from tenexa.images import decode_base64, fetch_url, normalize_image, prepare_image
@@ -106,41 +106,13 @@ def test_base64_forms():
 # ------------------------------------------------------------------------------------ URL fetching
 
 
-class _Handler(BaseHTTPRequestHandler):
-    routes: dict = {}
-
-    def do_GET(self):  # noqa: N802
-        route = self.routes.get(self.path)
-        if route is None:
-            self.send_response(404)
-            self.end_headers()
-            return
-        route(self)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
-    yield base, _Handler.routes
-    _Handler.routes = {}
-    srv.shutdown()
+    with UrlServer() as srv:
+        yield srv.url(""), srv.routes
 
 
-def _send(body: bytes, status=200, headers=None):
-    def route(h):
-        h.send_response(status)
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
-    return route
+_send = UrlServer.body
 
 
 def allow_private(**kw):
@@ -174,14 +146,14 @@ def test_allowed_when_configured_and_prepared(server):
 def test_redirect_into_private_space_is_checked_at_every_hop(server, monkeypatch):
     base, routes = server
     routes["/hop"] = _send(b"", 302, {"Location": "http://169.254.169.254/latest/meta-data/"})
-    real_check = images._check_host
+    real_check = fetch.check_hop
     calls = []
 
-    def first_hop_public(url, field, allow):
-        calls.append(url)
-        real_check(url, field, allow or len(calls) == 1)  # pretend only the first hop is public
+    def first_hop_public(url, field, policy, codes):
+        calls.append(url)  # pretend only the first hop is public
+        return real_check(url, field, replace(policy, allow_private=policy.allow_private or len(calls) == 1), codes)
 
-    monkeypatch.setattr(images, "_check_host", first_hop_public)
+    monkeypatch.setattr(fetch, "check_hop", first_hop_public)
     assert code(fetch_url, base + "/hop", "image_url", SETTINGS) is ErrorCode.URL_BLOCKED
     assert calls[-1].startswith("http://169.254.169.254")
 

@@ -164,11 +164,8 @@ def test_workflow_runs_on_cpu(workflow, comfy_server, cpu_settings, test_prompt,
 
 def test_generate_path_on_cpu(comfy_server, cpu_settings, test_prompt, record_property):
     """The same jobs through the worker's real generate path (upload, bind, follow, fetch, probe, deliver)."""
-    try:
-        from tenexa.comfy import ComfyClient
-        from tenexa.generate import generate
-    except ImportError as exc:
-        pytest.skip(f"tenexa.generate is not importable yet ({exc}); the direct /prompt test covers the graphs")
+    from tenexa.comfy import ComfyClient
+    from tenexa.generate import generate
 
     class RecordingClient(ComfyClient):
         """Keeps each PromptResult so the test can read the WebSocket timeline."""
