@@ -16,9 +16,9 @@ Writes, under the exact names ``models.json`` gives (so the shipped graphs bind 
   scaled-fp8 detection and ``CustomLinear`` multiply by it), plus the ``scaled_fp8`` marker (an empty
   ``F8_E4M3`` tensor). Everything else is ``BF16``: that is an inference, not a reading of the file (fp8 blocks
   14.05 GB + bf16 rest 0.47 GB = 14.53 GB, the size Kijai's A14B fp8_scaled files are listed at).
-- ``loras/{high,low}_noise_model.safetensors``: Wan2.2-Lightning Seko-V1 rank 64: for every linear of every
-  block ``diffusion_model.blocks.N.<module>.lora_down.weight`` ``[64, in]`` and ``.lora_up.weight``
-  ``[out, 64]`` in ``F32`` and a 0-dim 8-byte ``.alpha`` (8.0). This layout gives a file of exactly
+- ``loras/``: the two Wan2.2-Lightning Seko-V1 rank-64 files (high and low noise) under ``models.json``'s names:
+  for every linear of every block ``diffusion_model.blocks.N.<module>.lora_down.weight`` ``[64, in]`` and
+  ``.lora_up.weight`` ``[out, 64]`` in ``F32`` and a 0-dim 8-byte ``.alpha`` (8.0). This layout gives a file of exactly
   1,226,977,424 bytes, the size ``models.json`` records for the real files (``lora_A``/``lora_B`` names, bf16,
   4-byte alphas or no alphas all give other sizes); F64 vs I64 for the alpha cannot be told from the size.
 - ``vae/Wan2_1_VAE_bf16.safetensors``: the tensors of the wrapper's own Wan2.1 VAE class (full, not the pruned

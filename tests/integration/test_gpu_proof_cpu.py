@@ -47,7 +47,9 @@ def test_weights_are_written_at_the_real_names_and_sizes(smoke):
     assert sorted(experts) == ["Wan2_2-I2V-A14B-HIGH_fp8_e4m3fn_scaled_KJ.safetensors", "Wan2_2-I2V-A14B-LOW_fp8_e4m3fn_scaled_KJ.safetensors"]
     for name in experts:
         assert files[name]["bytes"] == gpu_weights.planned_size(gpu_weights.expert_spec(gpu_proof.SMOKE_BLOCKS))
-    for name in ("high_noise_model.safetensors", "low_noise_model.safetensors"):
+    loras = [m["file"] for m in json.loads((ROOT / "models.json").read_text())["models"] if m["folder"] == "loras"]
+    assert len(loras) == 2 and all(name in files for name in loras)
+    for name in loras:
         assert files[name]["bytes"] == gpu_weights.planned_size(gpu_weights.lora_spec(gpu_proof.SMOKE_BLOCKS))
     assert files["Wan2_1_VAE_bf16.safetensors"]["params_m"] == 126.9
     assert weights["text_encoders_not_written"] == ["umt5-xxl-enc-bf16.safetensors"]
