@@ -165,8 +165,9 @@ check_config() {
 	# Absolute, because extra_model_paths.yaml expands ${COMFY_ROOT} relative to its own folder otherwise.
 	COMFY_ROOT="$(cd -- "$COMFY_ROOT" && pwd)"
 	COMFY_LOG="${COMFY_LOG:-$COMFY_ROOT/comfy.log}"
-	# The handler, tenexa.provision and ComfyUI (for extra_model_paths.yaml) read these.
-	export COMFY_ROOT VOLUME_ROOT SERVER_ADDRESS COMFY_PORT COMFY_READY_TIMEOUT COMFY_LOG MODELS
+	# The handler, tenexa.provision and ComfyUI (for extra_model_paths.yaml) read these; the handler probes
+	# SageAttention in COMFY_PYTHON for TENEXA_ATTENTION=auto.
+	export COMFY_ROOT VOLUME_ROOT SERVER_ADDRESS COMFY_PORT COMFY_READY_TIMEOUT COMFY_LOG MODELS COMFY_PYTHON
 	[[ -f $REPO_DIR/handler.py ]] || die 2 "$REPO_DIR/handler.py not found"
 	[[ -f $REPO_DIR/extra_model_paths.yaml ]] || die 2 "$REPO_DIR/extra_model_paths.yaml not found"
 	command -v "$COMFY_PYTHON" >/dev/null 2>&1 || die 2 "COMFY_PYTHON=$COMFY_PYTHON is not an executable"
@@ -276,9 +277,11 @@ warm_up() {
 	local job
 	case "${WARMUP,,}" in
 	"" | 0 | false | no | off) return 1 ;;
-	1 | true | yes | on) job='{"input": {"diagnose": true, "selftest": true}}' ;;
+	# The warm-up mode loads the experts, VAE and text encoder a default generate needs into ComfyUI, so the
+	# first real job starts sampling at once; it reports problems as ok=false and never fails the job.
+	1 | true | yes | on) job='{"input": {"warmup": true}}' ;;
 	*)
-		[[ $WARMUP == "{"* ]] || die 2 "WARMUP must be 1/true (self-test) or a JSON job like {\"input\": {...}}, got '$WARMUP'"
+		[[ $WARMUP == "{"* ]] || die 2 "WARMUP must be 1/true (warm-up job) or a JSON job like {\"input\": {...}}, got '$WARMUP'"
 		job=$WARMUP
 		;;
 	esac

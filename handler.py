@@ -2,6 +2,7 @@
 
     {"input": {"test": true}}                         -> health check, in-process, well under a second
     {"input": {"diagnose": true, "selftest": true}}   -> what is installed and whether the pipeline works
+    {"input": {"warmup": true}}                       -> load the models the next generate needs; the load time
     {"input": {"image_base64": ..., ...}}             -> generate an MP4 (the default)
     {"input": {"workflow": {<API graph>}, "images": [...]}} -> run a caller's own graph (ALLOW_CUSTOM_WORKFLOWS)
 
@@ -27,6 +28,8 @@ from tenexa.generate import generate
 from tenexa.logs import log, setup_logging
 from tenexa.request import select_mode
 from tenexa.responses import failure
+from tenexa.warmup import warmup
+from tenexa.workflows import attention_probe
 
 SETTINGS = load_settings()
 CLIENT = ComfyClient(SETTINGS.comfy_url)
@@ -45,7 +48,10 @@ def run_mode(mode: str, job: dict, job_input: Any, cancel: threading.Event) -> d
     job_id = str(job.get("id") or "local")
     try:
         if mode == "diagnose":
-            return diagnose(SETTINGS, CLIENT, selftest=job_input.get("selftest") is True)
+            return diagnose(SETTINGS, CLIENT, selftest=job_input.get("selftest") is True,
+                            verify_hashes=job_input.get("verify_hashes") is True)
+        if mode == "warmup":
+            return warmup(job_id, settings=SETTINGS, client=CLIENT, cancel=cancel)
         if mode == "custom":
             return run_custom(job_id, job_input, settings=SETTINGS, client=CLIENT, cancel=cancel, send_progress=progress_sender(job))
         return generate(job_id, job_input, settings=SETTINGS, client=CLIENT, cancel=cancel, send_progress=progress_sender(job))
@@ -90,5 +96,7 @@ if __name__ == "__main__":
     import runpod
 
     setup_logging(SETTINGS.secrets())  # only when serving: importing the handler must not reconfigure logging
+    if SETTINGS.attention_mode == "auto":  # probe ComfyUI's interpreter now, not during the first job
+        threading.Thread(target=attention_probe, args=(SETTINGS,), name="attention-probe", daemon=True).start()
 
     runpod.serverless.start({"handler": handler})

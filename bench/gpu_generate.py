@@ -221,7 +221,11 @@ def analyze(timeline: Timeline, graph: dict, high: str, low: str, history_entry:
     loaders = [n for n in graph if any(word in class_of(n) for word in LOADER_WORDS)]
     experts = {}
     for label, node in (("high", high), ("low", low)):
-        steps = [(t, d.get("value"), d.get("max")) for t, kind, d in timeline.events if kind == "progress" and str(d.get("node")) == node]
+        ticks = [(t, d.get("value"), d.get("max")) for t, kind, d in timeline.events if kind == "progress" and str(d.get("node")) == node]
+        # A WanVideoSampler first reports a weight-loading bar (max = its parameter count), then one tick per step
+        # (max = its steps): only the last bar is the steps.
+        steps = [tick for tick in ticks if tick[2] == ticks[-1][2]]
+        loading = [tick for tick in ticks if tick[2] != ticks[-1][2]]
         gaps = [b[0] - a[0] for a, b in zip(steps, steps[1:], strict=False)]
         experts[label] = {
             "node": node,
@@ -229,6 +233,9 @@ def analyze(timeline: Timeline, graph: dict, high: str, low: str, history_entry:
             "progress_max": steps[-1][2] if steps else None,
             "s_per_step": round(statistics.median(gaps), 3) if gaps else None,
             "first_step_s": round(steps[0][0] - started[node], 3) if steps and node in started else None,
+            "step_gaps_s": [round(g, 3) for g in gaps],
+            # the weight-loading bar: the expert's weights are read into place here, not in the loader node
+            "weights_load_s": round(loading[-1][0] - started[node], 3) if loading and node in started else None,
             "node_s": round(nodes[node], 3) if node in nodes else None,
         }
     by_class: dict[str, float] = {}

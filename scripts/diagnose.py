@@ -7,6 +7,7 @@ Needs only Python 3.9+ and ``requests``. Examples:
   python scripts/diagnose.py <ENDPOINT_ID> --test        # quick: is ComfyUI up, disk, volume
   python scripts/diagnose.py <ENDPOINT_ID>               # full report
   python scripts/diagnose.py <ENDPOINT_ID> --selftest    # full report + a tiny generation
+  python scripts/diagnose.py <ENDPOINT_ID> --verify-hashes   # full report + sha256 of every model file (minutes)
   python scripts/diagnose.py http://127.0.0.1:8000 --json
 """
 
@@ -29,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="diagnose.py",
         description="Check a Tenexa worker: quick health (--test) or a full diagnostic report.",
         epilog=client.EXIT_CODES_HELP.format(
-            one="the worker answered but is degraded (ComfyUI down, models or nodes missing,\n"
-                "       a workflow invalid, the selftest failed, or the diagnose job itself failed)")
+            one="the worker answered but is degraded (ComfyUI down, models or nodes missing or of the\n"
+                "       wrong size, too little host RAM, a workflow invalid, the selftest failed, or the\n"
+                "       diagnose job itself failed)")
         .replace("  0    success", "  0    healthy")
         + "\n\nThe API key comes from RUNPOD_API_KEY or --api-key and is never printed.",
         formatter_class=client.HelpFormatter,
@@ -40,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     choice = mode.add_mutually_exclusive_group()
     choice.add_argument("--test", action="store_true", help="quick health check (input {\"test\": true})")
     choice.add_argument("--selftest", action="store_true", help="full report plus a tiny end-to-end generation")
+    mode.add_argument("--verify-hashes", action="store_true",
+                      help="also hash every model file whose sha256 the manifest knows (minutes for ~30 GB)")
     return parser
 
 
@@ -113,7 +117,7 @@ def pair(device: dict[str, Any], base: str) -> str | None:
 
 # --- the report --------------------------------------------------------------------------------------
 
-SECTION_KEYS = {"status", "comfyui_reachable", "comfyui_url", "system", "disk", "volume_mounted", "models", "manifest",
+SECTION_KEYS = {"status", "comfyui_reachable", "comfyui_url", "system", "disk", "volume_mounted", "models", "manifest", "host_memory",
                 "node_check", "workflow_checks", "settings", "selftest", "healthy", "handler_version", "comfyui_up", "seconds"}
 
 
@@ -180,6 +184,16 @@ def render_models(report: dict[str, Any]) -> None:
             item = _dict(item) or {"name": item}
             where = "/".join(str(part) for part in (item.get("folder"), item.get("file")) if part)
             say(f"    MISSING  {item.get('name', '?')}" + (f"  ({where})" if where else ""))
+        for item in _list(manifest.get("wrong_size")):
+            item = _dict(item)
+            say(f"    SIZE     {item.get('name', '?')}  ({item.get('path', '?')}: {show_quantity('bytes', item.get('size'))},"
+                f" expected {show_quantity('bytes', item.get('expected'))})")
+        for item in _list(manifest.get("hash_mismatch")):
+            item = _dict(item)
+            say(f"    SHA256   {item.get('name', '?')}  ({item.get('path', '?')} does not match the manifest)")
+        if "verified" in manifest:
+            row("sha256 verified", show(_list(manifest.get("verified"))))
+            row("sha256 unknown", show(_list(manifest.get("unverifiable"))))
     models = _dict(report.get("models"))
     for folder, content in models.items():
         if isinstance(content, dict):
@@ -195,6 +209,19 @@ def render_models(report: dict[str, Any]) -> None:
                 say(f"    {name}")
     if not manifest and not models:
         row("models", "not reported")
+
+
+def render_host_memory(report: dict[str, Any]) -> None:
+    memory = _dict(report.get("host_memory"))
+    if not memory:
+        return
+    heading("Host memory")
+    row("ram total / needed", f"{show_quantity('total_gb', memory.get('ram_total_gb'))} / {show_quantity('need_gb', memory.get('need_gb'))}"
+        f"  {mark(memory.get('ok')).strip()}")
+    for part, gb in _dict(memory.get("parts_gb")).items():
+        row(part, show_quantity("part_gb", gb), indent=4)
+    if memory.get("reason"):
+        row("reason", one_line(memory["reason"], 200))
 
 
 def render_nodes(report: dict[str, Any]) -> None:
@@ -286,9 +313,15 @@ def find_problems(report: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     if report.get("comfyui_reachable", report.get("comfyui_up")) is False:
         problems.append("ComfyUI not reachable")
-    missing = _list(_dict(report.get("manifest")).get("missing"))
+    manifest = _dict(report.get("manifest"))
+    missing = _list(manifest.get("missing"))
     if missing:
         problems.append(f"{len(missing)} model file(s) from the manifest missing")
+    for key, what in (("wrong_size", "with the wrong size"), ("hash_mismatch", "with the wrong sha256")):
+        if _list(manifest.get(key)):
+            problems.append(f"{len(manifest[key])} model file(s) {what}")
+    if _dict(report.get("host_memory")).get("ok") is False:
+        problems.append(f"not enough host RAM: {one_line(report['host_memory'].get('reason', ''), 160)}")
     missing_nodes = _list(_dict(report.get("node_check")).get("required_missing"))
     if missing_nodes:
         problems.append(f"{len(missing_nodes)} required node class(es) missing: {show(missing_nodes)}")
@@ -321,6 +354,7 @@ def render_report(report: dict[str, Any]) -> bool:
     render_gpu(report)
     render_disk(report)
     render_models(report)
+    render_host_memory(report)
     render_nodes(report)
     render_workflows(report)
     render_settings(report)
@@ -352,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     job_input: dict[str, Any] = {"test": True} if args.test else {"diagnose": True}
     if args.selftest:
         job_input["selftest"] = True
+    if args.verify_hashes and not args.test:
+        job_input["verify_hashes"] = True
     runner = client.connect(args)
     reply = runner.run(job_input)
     report = reply.get("output")

@@ -40,6 +40,7 @@ SETTINGS: dict[str, Spec] = {
     "ready_timeout": Spec("COMFY_READY_TIMEOUT", float, 120.0, "seconds to wait for ComfyUI to answer /system_stats (entrypoint and generate)"),
     "exec_timeout": Spec("COMFY_EXEC_TIMEOUT", float, 600.0, "seconds one generate job may run in ComfyUI before it is interrupted (TIMEOUT)"),
     "comfy_log": Spec("COMFY_LOG", Path, None, "ComfyUI log file whose tail rides along with errors (default COMFY_ROOT/comfy.log)"),
+    "comfy_python": Spec("COMFY_PYTHON", str, "python3", "ComfyUI's interpreter; TENEXA_ATTENTION=auto probes SageAttention in it (the entrypoint starts ComfyUI with it)"),
     "handler_version": Spec("HANDLER_VERSION", str, "dev", "version string reported by test and diagnose (stamped by the Dockerfile)"),
     "volume_root": Spec("VOLUME_ROOT", Path, Path("/runpod-volume"), "network volume mount point"),
     "workflow_dir": Spec("WORKFLOW_DIR", Path, REPO_ROOT, "folder holding the shipped workflow JSON files"),
@@ -53,6 +54,9 @@ SETTINGS: dict[str, Spec] = {
                            "(default: VOLUME_ROOT/models/loras/tenexa-url with a volume, else COMFY_ROOT/models/loras/tenexa-url)"),
     "lora_cache_gb": Spec("LORA_CACHE_GB", float, 20.0, "size bound of the LoRA URL cache, decimal GB; least recently used files go first"),
     "lora_model_dim": Spec("LORA_MODEL_DIM", int, 5120, "hidden size a LoRA must fit: 5120 for the Wan2.2-A14B experts (tests use tiny models)"),
+    "max_window_frames": Spec("MAX_WINDOW_FRAMES", int, 81, "most frames one generation window may have (4n+1, 5-241); Wan2.2 is trained at 81 and drifts back to the first frame beyond"),
+    "max_latent_tokens": Spec("MAX_LATENT_TOKENS", int, 75_600, "latent-token budget of one window, ((frames-1)/4+1) x (W/16) x (H/16); 75600 = 1280x720 at 81 frames"),
+    "max_frames": Spec("MAX_FRAMES", int, 321, "longest clip one job may ask for (4n+1, up to 1021); longer than MAX_WINDOW_FRAMES is generated as consecutive windows; 321 = 20 s at 16 fps"),
     "max_response_mb": Spec("MAX_RESPONSE_MB", float, 15.0, "largest JSON response; a bigger base64 video goes to the bucket or fails OUTPUT_TOO_LARGE"),
     "bucket_endpoint_url": Spec("BUCKET_ENDPOINT_URL", str, "", "S3-compatible endpoint for output=url (empty: no bucket)"),
     "bucket_access_key_id": Spec("BUCKET_ACCESS_KEY_ID", str, "", "bucket access key (never logged)"),
@@ -85,6 +89,7 @@ class Settings:
     ready_timeout: float
     exec_timeout: float
     comfy_log: Path
+    comfy_python: str
     handler_version: str
     volume_root: Path
     workflow_dir: Path
@@ -97,6 +102,9 @@ class Settings:
     lora_cache_dir: Path | None
     lora_cache_gb: float
     lora_model_dim: int
+    max_window_frames: int
+    max_latent_tokens: int
+    max_frames: int
     max_response_mb: float
     bucket_endpoint_url: str
     bucket_access_key_id: str

@@ -14,6 +14,7 @@ from tenexa import custom, files, interpolation, lora_cache, manifest, validator
 from tenexa.comfy import ComfyClient
 from tenexa.config import REPO_ROOT, Settings
 from tenexa.errors import TenexaError
+from tenexa.files import sha256_file
 from tenexa.images import normalize_image
 from tenexa.pipeline import run_graph
 from tenexa.workspace import JobWorkspace
@@ -23,6 +24,7 @@ MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf
 SELFTEST_GRAPH = Path(__file__).parent / "data" / "selftest_api.json"
 SELFTEST_IMAGE = REPO_ROOT / "example_image.png"
 SELFTEST_TIMEOUT = 120.0
+HASH_BLOCK_BYTES = 8 * 1024 * 1024
 
 
 def _disk(path: Path) -> dict:
@@ -64,16 +66,95 @@ def list_models(settings: Settings) -> dict[str, dict[str, list[str]]]:
     return found
 
 
-def _manifest_report(models: dict[str, dict[str, list[str]]]) -> dict:
-    """Manifest entries found in a model folder; ``missing`` makes the worker unhealthy, ``optional_missing`` not."""
-    present, missing, optional_missing = [], [], []
+def model_file(settings: Settings, entry: manifest.ModelEntry) -> Path | None:
+    """The copy of a manifest file ComfyUI loads: its own models folder first, then the volume's."""
+    for root in (settings.comfy_root, settings.volume_root):
+        path = root / "models" / entry.relative_path
+        if path.is_file():
+            return path
+    return None
+
+
+def _manifest_report(settings: Settings, *, verify_hashes: bool = False) -> dict:
+    """Each manifest file: present, missing, or present with the wrong size (a truncated or different file
+    under the right name); an ``optional`` entry's absence is ``optional_missing`` and leaves ``ok`` alone. With
+    ``verify_hashes`` the files whose sha256 the manifest knows are hashed too
+    (minutes for the 30 GB of experts, hence only on request)."""
+    report: dict[str, Any] = {"present": [], "missing": [], "wrong_size": [], "optional_missing": []}
+    if verify_hashes:
+        report.update(verified=[], hash_mismatch=[], unverifiable=[])
     for entry in manifest.load_manifest():
-        on_disk = models.get(entry.folder, {})
-        if entry.file in on_disk.get("local", []) or entry.file in on_disk.get("volume", []):
-            present.append(entry.name)
+        path = model_file(settings, entry)
+        if path is None:
+            report["optional_missing" if entry.optional else "missing"].append({"name": entry.name, "folder": entry.folder,
+                                                                                 "file": entry.file})
+            continue
+        size = path.stat().st_size
+        if entry.size is not None and size != entry.size:
+            report["wrong_size"].append({"name": entry.name, "path": str(path), "size": size, "expected": entry.size})
+            continue
+        report["present"].append(entry.name)
+        if not verify_hashes:
+            continue
+        if entry.sha256 is None:
+            report["unverifiable"].append(entry.name)
+        elif sha256_file(path, HASH_BLOCK_BYTES) == entry.sha256:
+            report["verified"].append(entry.name)
         else:
-            (optional_missing if entry.optional else missing).append({"name": entry.name, "folder": entry.folder, "file": entry.file})
-    return {"present": present, "missing": missing, "optional_missing": optional_missing}
+            report["hash_mismatch"].append({"name": entry.name, "path": str(path), "expected": entry.sha256})
+    report["ok"] = not (report["missing"] or report["wrong_size"] or report.get("hash_mismatch"))
+    return report
+
+
+# What a worker holds in host RAM beyond the model files (est.: the ComfyUI process with torch, the node packs
+# and the CUDA runtime's host allocations).
+HOST_OVERHEAD_BYTES = 5 * 10**9
+# Used when a file is neither on disk nor sized in the manifest (est., docs/DEPLOYMENT.md "Host memory").
+ESTIMATED_BYTES = {"diffusion_models": 14_300_000_000, "text_encoders": 11_400_000_000, "vae": 254_000_000,
+                   "loras": 1_226_977_424}
+
+
+def host_memory_need(settings: Settings) -> dict[str, Any]:
+    """Host RAM the configured settings need, in bytes, part by part.
+
+    ``offload_device`` parks both experts (with their unmerged LoRAs) in host RAM between the two samplers;
+    ``main_device`` keeps them on the GPU except the blocks swapped out (TENEXA_BLOCKS_TO_SWAP of 40). The T5
+    encoder waits in host RAM after encoding (its loader's offload device); with ``cache`` it is not loaded.
+    Sizes are the files' own (what the loaders read), else the manifest's, else an estimate.
+    """
+    on_host = 1.0 if settings.load_device == "offload_device" else settings.blocks_to_swap / workflows.MAX_BLOCKS_TO_SWAP
+    share = {"diffusion_models": on_host, "loras": on_host, "text_encoders": 1.0 if settings.text_encoder == "t5" else 0.0,
+             "vae": 1.0}
+    parts: dict[str, int] = {}
+    sources: dict[str, str] = {}
+    for entry in manifest.entries_for("wan22_i2v"):
+        path = model_file(settings, entry)
+        size, source = ((path.stat().st_size, "file") if path else (entry.size, "manifest") if entry.size
+                        else (ESTIMATED_BYTES[entry.folder], "estimate"))
+        parts[entry.folder] = parts.get(entry.folder, 0) + round(size * share[entry.folder])
+        sources[entry.name] = source
+    parts["comfyui_overhead"] = HOST_OVERHEAD_BYTES
+    return {"need_bytes": sum(parts.values()), "parts": parts, "sizes_from": sources}
+
+
+def _host_memory_report(settings: Settings, stats: dict) -> dict:
+    need = host_memory_need(settings)
+    total = (stats.get("system") or {}).get("ram_total")
+    report: dict[str, Any] = {
+        "ram_total_gb": round(total / 1e9, 2) if isinstance(total, (int, float)) else None,
+        "need_gb": round(need["need_bytes"] / 1e9, 2),
+        "parts_gb": {k: round(v / 1e9, 2) for k, v in need["parts"].items()},
+        "sizes_from": need["sizes_from"],
+    }
+    if report["ram_total_gb"] is None:
+        report.update(ok=None, reason="ComfyUI did not report ram_total")
+    elif total < need["need_bytes"]:
+        report.update(ok=False, reason=f"host RAM {report['ram_total_gb']} GB is below the {report['need_gb']} GB that "
+                      f"TENEXA_LOAD_DEVICE={settings.load_device} and TENEXA_TEXT_ENCODER={settings.text_encoder} need; "
+                      "use a worker with more RAM (docs/DEPLOYMENT.md, Host memory)")
+    else:
+        report.update(ok=True)
+    return report
 
 
 def _interpolation_report(settings: Settings, object_info: dict | None) -> dict:
@@ -133,7 +214,7 @@ def _workflow_checks(settings: Settings, object_info: dict | None) -> dict:
     return checks
 
 
-def diagnose(settings: Settings, client: ComfyClient, *, selftest: bool = False) -> dict:
+def diagnose(settings: Settings, client: ComfyClient, *, selftest: bool = False, verify_hashes: bool = False) -> dict:
     started = time.monotonic()
     try:
         system = client.system_stats(timeout=2.0)
@@ -161,7 +242,8 @@ def diagnose(settings: Settings, client: ComfyClient, *, selftest: bool = False)
         "disk": {"comfy_root": _disk(settings.comfy_root), "volume": _disk(settings.volume_root)},
         "volume_mounted": volume_mounted(settings),
         "models": models,
-        "manifest": _manifest_report(models),
+        "manifest": _manifest_report(settings, verify_hashes=verify_hashes),
+        "host_memory": _host_memory_report(settings, system),
         "node_check": node_check,
         "workflow_checks": _workflow_checks(settings, object_info),
         "interpolation": _interpolation_report(settings, object_info),
@@ -172,7 +254,8 @@ def diagnose(settings: Settings, client: ComfyClient, *, selftest: bool = False)
     if selftest:
         report["selftest"] = run_selftest(settings, client) if reachable else {"ok": False, "error": "ComfyUI unreachable"}
     report["healthy"] = bool(
-        reachable and not node_check["required_missing"] and not report["manifest"]["missing"]
+        reachable and not node_check["required_missing"] and report["manifest"]["ok"]
+        and report["host_memory"]["ok"] is not False
         and all(c.get("valid") for c in report["workflow_checks"].values())
         and report.get("selftest", {"ok": True})["ok"]
     )

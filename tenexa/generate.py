@@ -1,10 +1,12 @@
-"""Generate mode: request → images and LoRA URLs → bound Wan graph → ComfyUI → (ffmpeg interpolation) → video → delivery."""
+"""Generate mode: request → images and LoRA URLs → bound Wan graph → ComfyUI → (ffmpeg interpolation) → video →
+delivery."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,14 @@ from tenexa.config import Settings
 from tenexa.delivery import base64_length, deliver, deliver_image
 from tenexa.errors import ErrorCode, TenexaError
 from tenexa.formats import mime_type
-from tenexa.images import prepare_image
+from tenexa.images import PreparedImage, prepare_image
 from tenexa.logs import log
 from tenexa.loras import fetch_loras
-from tenexa.pipeline import fetch_image, run_graph
+from tenexa.pipeline import PipelineResult, fetch_image, run_graph
 from tenexa.progress import ProgressReporter
 from tenexa.request import GenerateRequest, parse_generate
 from tenexa.video import probe_video
+from tenexa.workflows import BoundWorkflow
 from tenexa.workspace import JobWorkspace
 
 START_IMAGE, END_IMAGE = "start.png", "end.png"
@@ -39,12 +42,14 @@ def choose_interpolator(request: GenerateRequest, settings: Settings, client: Co
         checkpoint = interpolation.rife_checkpoint(settings.comfy_root)
         if not checkpoint.is_file():
             why_not = f"no checkpoint at {checkpoint}"
-        elif not client.has_node(interpolation.RIFE_CLASS):
-            why_not = f"ComfyUI has no {interpolation.RIFE_CLASS!r} node (ComfyUI-Frame-Interpolation not loaded)"
+        else:
+            client.wait_until_ready(settings.ready_timeout)
+            if not client.has_node(interpolation.RIFE_CLASS):
+                why_not = f"ComfyUI has no {interpolation.RIFE_CLASS!r} node (ComfyUI-Frame-Interpolation not loaded)"
     return interpolation.choose(request.interpolator, request.interpolate, rife_ready=not why_not, why_not=why_not)
 
 
-def _interpolate_in_worker(finish: workflows.WorkerFinish, source: Path, workspace: JobWorkspace, *, deadline: float,
+def _interpolate_in_worker(finish: workflows.WorkerFinish, source: Path, workspace_scratch: Path, *, deadline: float,
                            cancel: threading.Event | None) -> Path:
     """The ffmpeg interpolator's pass and the job's one final encode; stops at a cancel or the job's deadline."""
 
@@ -54,10 +59,52 @@ def _interpolate_in_worker(finish: workflows.WorkerFinish, source: Path, workspa
         if time.monotonic() > deadline:
             raise TenexaError(ErrorCode.TIMEOUT, "frame interpolation did not finish before COMFY_EXEC_TIMEOUT")
 
-    dest = workspace.scratch / f"video.{finish.video_format.container}"
+    dest = workspace_scratch / f"video.{finish.video_format.container}"
     interpolation.interpolate_video(source, dest, multiplier=finish.multiplier, fps=finish.fps, video_format=finish.video_format,
                                     crf=finish.crf, check=check)
     return dest
+
+
+@contextmanager
+def rendered(
+    job_id: str,
+    request: GenerateRequest,
+    start: PreparedImage,
+    end: PreparedImage | None,
+    *,
+    settings: Settings,
+    client: ComfyClient,
+    deadline: float,
+    cancel: threading.Event | None = None,
+    send_progress: Callable[[dict], None] | None = None,
+    interpolator: str = interpolation.NONE,
+) -> Iterator[tuple[BoundWorkflow, PipelineResult, ProgressReporter, JobWorkspace]]:
+    """Bind ``request`` (every rule is checked there, before ComfyUI sees anything), run it, and yield the
+    result while the video is still in the job's workspace; the workspace is removed on leaving."""
+    workspace = JobWorkspace(settings.comfy_root, job_id)
+    try:
+        bound = workflows.bind(
+            request,
+            image_size=(start.width, start.height),
+            settings=settings,
+            start_image=workspace.input_name(START_IMAGE),
+            end_image=workspace.input_name(END_IMAGE) if end else None,
+            output_prefix=workspace.output_prefix,
+            interpolator=interpolator,
+        )
+        client.wait_until_ready(settings.ready_timeout)
+        reporter = ProgressReporter(send_progress or (lambda _payload: None), graph=bound.graph, interval=settings.progress_interval)
+        log.info("job %s: %s %sx%s %s frames, %s steps", job_id, request.workflow,
+                 bound.used.get("width"), bound.used.get("height"), bound.used.get("frames"), bound.used.get("steps"))
+        try:
+            images = {START_IMAGE: start.png, **({END_IMAGE: end.png} if end else {})}
+            result = run_graph(client, bound.graph, workspace=workspace, images=images, deadline=deadline, cancel=cancel,
+                               on_event=reporter.on_event, on_phase=reporter.phase)
+            yield bound, result, reporter, workspace
+        finally:
+            reporter.close()
+    finally:
+        workspace.cleanup()
 
 
 def generate(
@@ -70,40 +117,20 @@ def generate(
     send_progress: Callable[[dict], None] | None = None,
 ) -> dict:
     started = time.monotonic()
-    request = parse_generate(job_input)
+    request = parse_generate(job_input, max_frames=settings.max_frames)
     start = prepare_image(request.image, settings)
     end = prepare_image(request.end_image, settings) if request.end_image else None
+    workflows.check_window(request, (start.width, start.height), settings)  # before any LoRA is downloaded
     request = fetch_loras(request, settings, cancel=cancel)
-    client.wait_until_ready(settings.ready_timeout)
-
     interpolator = choose_interpolator(request, settings, client)
-
-    workspace = JobWorkspace(settings.comfy_root, job_id)
-    images = {START_IMAGE: start.png, **({END_IMAGE: end.png} if end else {})}
-    bound = workflows.bind(
-        request,
-        image_size=(start.width, start.height),
-        settings=settings,
-        start_image=workspace.input_name(START_IMAGE),
-        end_image=workspace.input_name(END_IMAGE) if end else None,
-        output_prefix=workspace.output_prefix,
-        interpolator=interpolator,
-    )
-    reporter = ProgressReporter(send_progress or (lambda _payload: None), graph=bound.graph, interval=settings.progress_interval)
-    log.info("job %s: generate %s %sx%s %s frames, %s steps", job_id, request.workflow,
-             bound.used.get("width"), bound.used.get("height"), bound.used.get("frames"), bound.used.get("steps"))
-    try:
-        result = run_graph(
-            client, bound.graph, workspace=workspace, images=images,
-            deadline=started + settings.exec_timeout, cancel=cancel,
-            on_event=reporter.on_event, on_phase=reporter.phase,
-        )
+    deadline = started + settings.exec_timeout
+    with rendered(job_id, request, start, end, settings=settings, client=client, deadline=deadline, cancel=cancel,
+                  send_progress=send_progress, interpolator=interpolator) as (bound, result, reporter, workspace):
         video_path, video, interpolate_s = result.video_path, result.video, None
         if bound.finish is not None:
             reporter.phase("interpolating")
             t_interpolate = time.monotonic()
-            video_path = _interpolate_in_worker(bound.finish, result.video_path, workspace,
-                                                deadline=started + settings.exec_timeout, cancel=cancel)
+            video_path = _interpolate_in_worker(bound.finish, result.video_path, workspace.scratch, deadline=deadline, cancel=cancel)
             video = probe_video(video_path)
             interpolate_s = time.monotonic() - t_interpolate
         last_frame = fetch_image(client, result.run, bound.last_frame_node, workspace) if bound.last_frame_node else None
@@ -117,9 +144,6 @@ def generate(
             delivered.update(deliver_image(last_frame, name="last_frame", job_id=job_id, video_delivery=delivered["delivery"],
                                            settings=settings))
         deliver_s = time.monotonic() - t_deliver
-    finally:
-        reporter.close()
-        workspace.cleanup()
 
     response: dict[str, Any] = {
         "status": "completed",

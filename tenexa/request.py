@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tenexa import formats, wan
 from tenexa.errors import ErrorCode, TenexaError, invalid
+from tenexa.schedules import SCHEDULERS
 
 WORKFLOW_NAMES = ("wan22_i2v", "flf2v")
 OUTPUT_MODES = ("base64", "url")
@@ -21,10 +23,6 @@ RESOLUTIONS = tuple(wan.RESOLUTIONS)
 ASPECT_RATIOS = (wan.AUTO_ASPECT, *wan.ASPECT_RATIOS)
 INTERPOLATORS = ("auto", "rife", "ffmpeg")
 MAX_INTERPOLATE = 4  # output frames per generated frame; 4x of 16 fps is 64 fps
-SCHEDULERS = (
-    "unipc", "unipc/beta", "dpm++", "dpm++/beta", "dpm++_sde", "dpm++_sde/beta", "euler", "euler/beta",
-    "deis", "lcm", "lcm/beta", "res_multistep", "er_sde",
-)
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**53 - 1  # exact in JSON doubles, and within WanVideoSampler's 0..2**64-1
 MAX_IMAGE_TEXT = 40 * 1024 * 1024  # base64 characters; the decoded size is checked against MAX_IMAGE_BYTES later
@@ -105,12 +103,12 @@ class GenerateRequest:
 
 
 def select_mode(job_input: Mapping[str, Any]) -> str:
-    """``test`` and ``diagnose`` are flags; a ``workflow`` object is a caller's own graph (worker-comfyui's
-    request shape); everything else is a generate request (``workflow`` as a string names a built-in graph)."""
-    if job_input.get("test") is True:
-        return "test"
-    if job_input.get("diagnose") is True:
-        return "diagnose"
+    """``test``, ``diagnose`` and ``warmup`` are flags (in that order); a ``workflow`` object is a caller's own graph
+    (worker-comfyui's request shape); everything else is a generate request (``workflow`` as a string names a
+    built-in graph)."""
+    for mode in ("test", "diagnose", "warmup"):
+        if job_input.get(mode) is True:
+            return mode
     if isinstance(job_input.get("workflow"), Mapping):
         return "custom"
     return "generate"
@@ -159,6 +157,30 @@ def _text(data: Mapping[str, Any], name: str, default: str, max_chars: int) -> s
     return value
 
 
+# What WanVideoTextEncode (nodes.py at the pinned commit) reads in the positive prompt besides the words: it
+# splits at "|" (prompt travel: one prompt per part of the clip), switches to EchoShot multi-shot mode when "[1]"
+# appears and then splits at every [n] marker (asserting 2-6 shots: "[1] a cat" crashes the node), and turns
+# "(text:1.2)" into "text" while multiplying the whole prompt's embedding by 1.2 (and "(a:1.2.3)" crashes it).
+# The negative prompt is encoded as it is. Prompts here are literal text, so these are refused, not passed on.
+PROMPT_CONSTRUCTS = (
+    (re.compile(r"\|"), "'|' makes the text encoder split the prompt into a prompt-travel sequence"),
+    (re.compile(r"\[\d+\]"), "multi-shot markers like '[1]' switch the text encoder to EchoShot mode, which "
+                              "splits the prompt at each [n] and needs 2 to 6 shots"),
+    (re.compile(r"\((.*?):([\d.]+)\)"), "the text encoder reads '(text:number)' as a weight and multiplies the whole "
+                                        "prompt's embedding by it"),
+)
+
+
+def _literal_prompt(text: str, name: str) -> str:
+    """``text`` when WanVideoTextEncode would read it word for word; INVALID_INPUT naming the construct otherwise."""
+    for pattern, effect in PROMPT_CONSTRUCTS:
+        found = pattern.search(text)
+        if found:
+            snippet = found.group(0) if len(found.group(0)) <= 40 else found.group(0)[:37] + "..."
+            raise invalid(name, f"contains {snippet!r}: {effect}; rephrase without it (prompts are sent as literal text)")
+    return text
+
+
 def _choice(data: Mapping[str, Any], name: str, default: str | None, choices: tuple[str, ...]) -> str | None:
     value = data.get(name)
     if value is None:
@@ -193,8 +215,8 @@ def _quality(data: Mapping[str, Any], codec: str) -> str | int:
 
 def _size(data: Mapping[str, Any]) -> tuple[int | None, int | None, str | None, str | None]:
     """(width, height, resolution, aspect_ratio): presets are an alternative to an explicit size."""
-    width = _int(data, "width", None, 64, 1920)
-    height = _int(data, "height", None, 64, 1920)
+    width = _int(data, "width", None, wan.MIN_SIDE, wan.MAX_SIDE)
+    height = _int(data, "height", None, wan.MIN_SIDE, wan.MAX_SIDE)
     resolution = _choice(data, "resolution", None, RESOLUTIONS)
     aspect = _choice(data, "aspect_ratio", None, ASPECT_RATIOS)
     if resolution is not None and (width is not None or height is not None):
@@ -288,14 +310,33 @@ def _image(data: Mapping[str, Any], prefix: str) -> ImageSource | None:
 KNOWN_KEYS = frozenset({
     "image_base64", "image_url", "end_image_base64", "end_image_url", "workflow", "prompt", "negative_prompt",
     "seed", "steps", "cfg", "cfg_low", "frames", "length", "width", "height", "fps", "shift", "scheduler",
-    "lora_high", "lora_low", "lora_high_strength", "lora_low_strength", "loras", "output", "test", "diagnose", "selftest",
-    "resolution", "aspect_ratio", "interpolate", "interpolator", "adjust_fps_for_interpolation", "codec", "quality",
-    "return_last_frame",
+    "lora_high", "lora_low", "lora_high_strength", "lora_low_strength", "lora_name", "lora_strength", "loras", "output",
+    "test", "diagnose", "selftest", "warmup", "verify_hashes", "resolution", "aspect_ratio", "interpolate", "interpolator",
+    "adjust_fps_for_interpolation", "codec", "quality", "return_last_frame",
 })
 
 
-def parse_generate(job_input: Any, *, rng: random.Random | None = None) -> GenerateRequest:
-    """Validate a generate request; raise ``TenexaError`` naming the first bad field."""
+def _expert_loras(data: Mapping[str, Any]) -> tuple[str | None, str | None, float, float]:
+    """(lora_high, lora_low, their strengths). ``lora_name``/``lora_strength`` (the original Tenexa worker's one
+    LoRA for the whole model) set both experts, as the original did; mixed with the per-expert keys it is refused."""
+    if data.get("lora_name") is None and data.get("lora_strength") is None:
+        return (_model_name(data, "lora_high"), _model_name(data, "lora_low"),
+                _float(data, "lora_high_strength", 1.0, -10.0, 10.0), _float(data, "lora_low_strength", 1.0, -10.0, 10.0))
+    mixed = sorted(k for k in ("lora_high", "lora_low", "lora_high_strength", "lora_low_strength") if data.get(k) is not None)
+    if mixed:
+        raise invalid("lora_name", f"lora_name/lora_strength set one LoRA for both experts; give them or {', '.join(mixed)}, not both")
+    name = _model_name(data, "lora_name")
+    strength = _float(data, "lora_strength", 1.0, -10.0, 10.0)
+    return name, name, strength, strength
+
+
+def parse_generate(job_input: Any, *, rng: random.Random | None = None, max_frames: int = wan.DEFAULT_CLIP_FRAMES) -> GenerateRequest:
+    """Validate a generate request; raise ``TenexaError`` naming the first bad field.
+
+    ``max_frames`` is the longest clip the worker makes (MAX_FRAMES): longer requests are refused here, before
+    any image is fetched. A clip longer than one window becomes consecutive windows when it is bound; the
+    window and size budget need the image's aspect ratio and are checked then.
+    """
     if not isinstance(job_input, Mapping):
         raise invalid("input", f"must be a JSON object, got {type(job_input).__name__}")
 
@@ -315,7 +356,11 @@ def parse_generate(job_input: Any, *, rng: random.Random | None = None) -> Gener
     if "frames" in job_input and "length" in job_input and job_input["frames"] != job_input["length"]:
         raise invalid("frames", "frames and its alias length disagree")
     frames_key = "frames" if "frames" in job_input else "length"
-    frames = _int({frames_key: job_input.get(frames_key)}, frames_key, 81, 5, 241)
+    frames = _int({frames_key: job_input.get(frames_key)}, frames_key, wan.DEFAULT_WINDOW_FRAMES, wan.MIN_FRAMES, wan.MAX_CLIP_FRAMES)
+    if wan.fit_frames(frames) > max_frames:
+        rounded = f" (rounds to {wan.fit_frames(frames)})" if wan.fit_frames(frames) != frames else ""
+        raise invalid(frames_key, f"{frames}{rounded} is more frames than this worker makes in one job ({max_frames}, "
+                                  "MAX_FRAMES); ask for fewer or chain clips with return_last_frame")
 
     seed = _int(job_input, "seed", None, 0, MAX_SEED)
     if seed is None:
@@ -323,26 +368,35 @@ def parse_generate(job_input: Any, *, rng: random.Random | None = None) -> Gener
     width, height, resolution, aspect_ratio = _size(job_input)
     codec = _choice(job_input, "codec", formats.DEFAULT_CODEC, formats.CODECS)
 
+    steps = _int(job_input, "steps", 10, 2, 100)
+    shift = _float(job_input, "shift", 9.0, 0.5, 50.0)
+    scheduler = _choice(job_input, "scheduler", "dpm++_sde", SCHEDULERS)
+    try:
+        wan.expert_split(steps, shift, scheduler)
+    except wan.SplitError as exc:
+        raise invalid("shift", str(exc)) from None
+    lora_high, lora_low, lora_high_strength, lora_low_strength = _expert_loras(job_input)
+
     return GenerateRequest(
         workflow=workflow,
         image=image,
         end_image=end_image,
-        prompt=_text(job_input, "prompt", "", MAX_PROMPT_CHARS),
+        prompt=_literal_prompt(_text(job_input, "prompt", "", MAX_PROMPT_CHARS), "prompt"),
         negative_prompt=_text(job_input, "negative_prompt", DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_CHARS),
         seed=seed,
-        steps=_int(job_input, "steps", 10, 2, 100),
+        steps=steps,
         cfg=_float(job_input, "cfg", 2.0, 1.0, 20.0),
         cfg_low=_float(job_input, "cfg_low", 1.0, 1.0, 20.0),
         frames=frames,
         width=width,
         height=height,
         fps=_float(job_input, "fps", 16.0, 1.0, 60.0),
-        shift=_float(job_input, "shift", 9.0, 0.5, 50.0),
-        scheduler=_choice(job_input, "scheduler", "dpm++_sde", SCHEDULERS),
-        lora_high=_model_name(job_input, "lora_high"),
-        lora_low=_model_name(job_input, "lora_low"),
-        lora_high_strength=_float(job_input, "lora_high_strength", 1.0, -10.0, 10.0),
-        lora_low_strength=_float(job_input, "lora_low_strength", 1.0, -10.0, 10.0),
+        shift=shift,
+        scheduler=scheduler,
+        lora_high=lora_high,
+        lora_low=lora_low,
+        lora_high_strength=lora_high_strength,
+        lora_low_strength=lora_low_strength,
         output=_choice(job_input, "output", "base64", OUTPUT_MODES),
         resolution=resolution,
         aspect_ratio=aspect_ratio,

@@ -6,15 +6,19 @@
   832x480 area the A14B experts were tuned for (480p). A ``resolution`` preset names another area
   (580p: 1024x576, 720p: 1280x720) and an ``aspect_ratio`` replaces the image's; the image is then
   centre-cropped to the output's aspect (``crop_box``), never stretched.
-- The high-noise expert runs while the shifted sigma is above the I2V boundary 0.9 (Wan2.2
-  ``wan/configs/wan_i2v_A14B.py``: ``boundary = 0.900``); the low-noise expert runs the rest. See
-  ``expert_split``.
+- One generation window is capped in frames and in latent tokens (``check_window``).
+- The high-noise expert runs the steps whose timestep is at or above the I2V boundary 900 (Wan2.2
+  ``wan/configs/wan_i2v_A14B.py``: ``boundary = 0.900``), in the schedule the chosen scheduler really runs;
+  the low-noise expert runs the rest. See ``expert_split``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
+
+from tenexa.schedules import schedule
 
 MIN_FRAMES = 5
 DEFAULT_AREA = 832 * 480
@@ -25,7 +29,6 @@ AUTO_ASPECT = "auto"
 SIZE_MULTIPLE = 16
 MIN_SIDE = 64  # WanVideoImageToVideoEncode's minimum width/height
 MAX_SIDE = 1920  # the request's limit
-I2V_BOUNDARY = Fraction(9, 10)
 
 
 def round_half_up(value: float) -> int:
@@ -106,22 +109,123 @@ def crop_box(image_size: tuple[int, int], output: tuple[int, int]) -> tuple[int,
     return (img_w - crop_w) // 2, (img_h - crop_h) // 2, crop_w, crop_h
 
 
-def shifted_sigma(sigma: Fraction, shift: Fraction) -> Fraction:
-    """Flow-matching time shift: sigma' = k*sigma / (1 + (k-1)*sigma)."""
-    return shift * sigma / (1 + (shift - 1) * sigma)
+
+# ------------------------------------------------------------------------------------------ one generation window
+#
+# One window = one sampler pass over all frames at once. Its cost is set by the latent tokens the transformer
+# attends over: ((frames-1)/4+1) latent frames x (W/16) x (H/16) patches (VAE stride 4x8x8, patch 1x2x2).
+# Attention grows with the square of that count, so the budget is what decides whether a job fits a GPU
+# and its timeout. The defaults (81 frames, 75,600 tokens = 1280x720x81) are what Wan2.2-I2V-A14B is
+# trained and published at; operators with bigger GPUs raise them (MAX_WINDOW_FRAMES, MAX_LATENT_TOKENS).
+# Videos longer than one window are built from several windows on top of these functions.
+
+DEFAULT_WINDOW_FRAMES = 81
+DEFAULT_LATENT_TOKENS = 21 * 80 * 45  # 1280x720 at 81 frames
+MAX_FRAMES = 241  # the longest window a worker may be configured for (MAX_WINDOW_FRAMES)
+# A clip (several windows, plan_segments): 20 s at 16 fps by default (MAX_FRAMES), at most MAX_CLIP_FRAMES. The
+# cap keeps the longest clip, interpolated 4x, under ImageFromBatch's index limit (4095), which picks its last frame.
+DEFAULT_CLIP_FRAMES = 321
+MAX_CLIP_FRAMES = 1021
 
 
-def expert_split(steps: int, shift: float) -> int:
+class WindowError(ValueError):
+    """A window the worker refuses; ``field`` names the request field to change."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def latent_frames(frames: int) -> int:
+    return (frames - 1) // 4 + 1
+
+
+def window_tokens(frames: int, width: int, height: int) -> int:
+    """Latent tokens of one window of ``frames`` (4n+1) at ``width`` x ``height`` (multiples of 16)."""
+    return latent_frames(frames) * (width // SIZE_MULTIPLE) * (height // SIZE_MULTIPLE)
+
+
+def frames_within(width: int, height: int, max_frames: int, max_tokens: int) -> int | None:
+    """The most 4n+1 frames (at most ``max_frames``) that fit ``max_tokens`` at this size; None if not even 5."""
+    per_latent_frame = (width // SIZE_MULTIPLE) * (height // SIZE_MULTIPLE)
+    latent = min(latent_frames(max_frames), max_tokens // per_latent_frame)
+    frames = 4 * (latent - 1) + 1
+    return frames if frames >= MIN_FRAMES else None
+
+
+def size_within(width: int, height: int, frames: int, max_tokens: int) -> tuple[int, int] | None:
+    """The largest size with (about) this aspect ratio, sides multiples of 16 and at least 64, that fits
+    ``max_tokens`` at ``frames``; None when even the smallest does not."""
+    scale = math.sqrt(max_tokens / window_tokens(frames, width, height))
+    while True:
+        w = max(MIN_SIDE, SIZE_MULTIPLE * math.floor(width * scale / SIZE_MULTIPLE))
+        h = max(MIN_SIDE, SIZE_MULTIPLE * math.floor(height * scale / SIZE_MULTIPLE))
+        if window_tokens(frames, w, h) <= max_tokens:
+            return w, h
+        if w == h == MIN_SIDE:
+            return None
+        scale *= 0.99
+
+
+def check_window_frames(frames: int, max_frames: int) -> None:
+    """Refuse a window longer than ``max_frames``."""
+    if frames > max_frames:
+        raise WindowError(
+            "frames", f"{frames} frames is more than one generation window holds on this worker ({max_frames}, "
+            f"MAX_WINDOW_FRAMES; Wan2.2 is trained at 81 and drifts back to the first frame in longer windows); "
+            f"ask for at most {max_frames} frames")
+
+
+def check_window(frames: int, width: int, height: int, *, max_frames: int, max_tokens: int) -> None:
+    """Refuse a window longer than ``max_frames`` or bigger than ``max_tokens``, saying how to fit it."""
+    check_window_frames(frames, max_frames)
+    tokens = window_tokens(frames, width, height)
+    if tokens > max_tokens:
+        hints = []
+        size = size_within(width, height, frames, max_tokens)
+        if size:
+            hints.append(f"{size[0]}x{size[1]} fits at {frames} frames")
+        fewer = frames_within(width, height, max_frames, max_tokens)
+        if fewer:
+            hints.append(f"{fewer} frames fit at {width}x{height}")
+        raise WindowError(
+            "size", f"{width}x{height} at {frames} frames is {tokens:,} latent tokens, over this worker's budget of "
+            f"{max_tokens:,} (MAX_LATENT_TOKENS; 75,600 = 1280x720 at 81 frames); " + (" or ".join(hints) or "no size fits"))
+
+
+# ------------------------------------------------------------------------------------------ the expert split
+#
+# The wrapper does not pick the expert: the graph chains two WanVideoSamplers (HIGH runs steps [0, split),
+# LOW continues from ``split``), and ``expert_split`` computes ``split`` the way Wan2.2 itself switches experts
+# (``wan/image2video.py``: the high-noise model runs while the timestep t >= boundary x 1000 = 900), on the
+# timesteps tenexa.schedules reproduces from the pinned pack's own scheduler code.
+
+BOUNDARY_TIMESTEP = 900.0  # Wan2.2 I2V-A14B: boundary 0.900 x num_train_timesteps 1000
+
+
+class SplitError(ValueError):
+    """The split of this schedule cannot be predicted exactly (a step sits on the expert boundary)."""
+
+
+def expert_split(steps: int, shift: float, scheduler: str) -> int:
     """How many of ``steps`` the high-noise expert runs (the low-noise expert runs the rest).
 
-    Rule: count the step indices i in [0, steps) whose shifted sigma, with sigma = 1 - i/steps, is
-    above the I2V boundary 0.9, then clamp to [1, steps-1] so that both experts run at least one step.
-    Exact rational arithmetic, so a sigma landing exactly on the boundary (8 steps at shift 9) is
-    decided the same way on every machine. Reproduces Wan2.2's table: 40 steps/shift 5 -> 15,
-    20/8 -> 10, 8/9 -> 4, 4/5 -> 2.
+    The steps whose timestep is at or above 900 (Wan2.2's I2V boundary), counted from the first, in the
+    schedule ``scheduler`` really runs; clamped to [1, steps-1] so that both experts run. Raises
+    ``SplitError`` when a step lies within the reproduction margin of the boundary (only possible for the
+    beta variants, res_multistep and er_sde, and then only for shifts that land within ~1e-6 of it).
     """
     if steps < 2:
         raise ValueError(f"two experts need at least 2 steps, got {steps}")
-    k = Fraction(shift)
-    high = sum(1 for i in range(steps) if shifted_sigma(Fraction(steps - i, steps), k) > I2V_BOUNDARY)
-    return min(steps - 1, max(1, high))
+    timesteps, margin, _ = schedule(scheduler, steps, shift)  # int(t) >= 900 exactly when t >= 900
+    sure_high = sum(1 for _ in itertools.takewhile(lambda t: t - margin >= BOUNDARY_TIMESTEP, timesteps))
+    maybe_high = sum(1 for _ in itertools.takewhile(lambda t: t + margin >= BOUNDARY_TIMESTEP, timesteps))
+    split, other = (min(steps - 1, max(1, high)) for high in (sure_high, maybe_high))
+    if split != other:
+        t = timesteps[sure_high]
+        raise SplitError(
+            f"shift {shift:.10g} with {steps} steps puts step {sure_high + 1} of the {scheduler} schedule at timestep "
+            f"{t:.4f}, on the high/low expert boundary ({BOUNDARY_TIMESTEP:g}) within this worker's rounding margin; "
+            f"use a slightly different shift (e.g. {round(shift + 0.01, 6):g})"
+        )
+    return split

@@ -20,10 +20,10 @@ Binding restructures a graph only in these documented ways, each done by one fun
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import json
-import os
+import subprocess
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -32,6 +32,7 @@ from typing import Any
 
 from tenexa import formats, interpolation, manifest, wan
 from tenexa.config import REPO_ROOT, ConfigError, Settings
+from tenexa.errors import invalid
 from tenexa.request import MAX_EXTRA_LORAS, GenerateRequest
 
 # ------------------------------------------------------------------------------------------ binding tables
@@ -126,6 +127,10 @@ ATTENTION_MODES = ("sdpa", "flash_attn_2", "flash_attn_3", "sageattn", "sageattn
 BASE_PRECISIONS = ("fp32", "bf16", "fp16", "fp16_fast")
 QUANTIZATIONS = ("disabled", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e4m3fn_scaled", "fp8_e4m3fn_scaled_fast",
                  "fp8_e5m2", "fp8_e5m2_fast", "fp8_e5m2_scaled", "fp8_e5m2_scaled_fast")
+# The modes that keep the shipped fp8_e4m3fn (scaled) weights as they are: "disabled" reads the dtype from the
+# file, "fp8_e4m3fn" is upgraded to "_scaled" for a scaled file (nodes_model_loading.py). The e5m2 family casts
+# e4m3fn weights without a scale to e5m2 (one mantissa bit fewer); "_fast" needs merged LoRAs (see below).
+KEPT_PRECISION_QUANTIZATIONS = ("disabled", "fp8_e4m3fn", "fp8_e4m3fn_scaled")
 LOAD_DEVICES = ("main_device", "offload_device")
 VAE_PRECISIONS = ("fp16", "fp32", "bf16")
 TEXT_ENCODERS = ("t5", "cache")
@@ -186,42 +191,84 @@ def load_graph(name: str, workflow_dir: Path | None = None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ runtime settings
 
 
-def _attention_probe() -> tuple[bool, str]:
-    """Whether SageAttention can run in this process: package importable and a CUDA GPU visible.
-
-    Uses ``find_spec`` so nothing heavy is imported when the package is absent. When torch itself is not
-    installed in the handler's environment (a slim handler venv), the GPU check falls back to the NVIDIA
-    device nodes. The probe runs in the handler's interpreter: if ComfyUI runs in another environment, set
-    TENEXA_ATTENTION explicitly.
-    """
-    for module in ("sageattention", "triton"):
-        if importlib.util.find_spec(module) is None:
-            return False, f"{module} is not importable"
-    if importlib.util.find_spec("torch") is not None:
-        torch = importlib.import_module("torch")
-        if torch.cuda.is_available():
-            return True, "sageattention importable and torch.cuda available"
-        return False, "torch.cuda is not available"
-    if os.path.exists("/dev/nvidia0") or os.path.isdir("/proc/driver/nvidia/gpus"):
-        return True, "sageattention importable and an NVIDIA device is present (torch not in this process)"
-    return False, "no CUDA device visible"
-
-
-_probe_cache: list[tuple[bool, str]] = []
+# Run with COMFY_PYTHON: the interpreter whose packages matter is ComfyUI's, not the handler's (they differ
+# in the README's local set-up). The import is the one WanVideoModelLoader makes for every "sage" mode.
+ATTENTION_PROBE = """
+import json
+report = {"sageattention": False, "cuda": False}
+try:
+    import torch
+    report["torch"] = torch.__version__
+    report["cuda"] = bool(torch.cuda.is_available())
+except Exception as exc:
+    report["error"] = f"torch: {type(exc).__name__}: {exc}"
+try:
+    from sageattention import sageattn
+    report["sageattention"] = True
+except Exception as exc:
+    report.setdefault("error", f"sageattention: {type(exc).__name__}: {exc}")
+print(json.dumps(report))
+"""
+PROBE_TIMEOUT = 120.0  # importing torch and SageAttention's kernels from a cold disk
 
 
-def _probe_once() -> tuple[bool, str]:
-    if not _probe_cache:
-        _probe_cache.append(_attention_probe())
-    return _probe_cache[0]
+@dataclass(frozen=True)
+class AttentionProbe:
+    usable: bool  # SageAttention imports and CUDA is available in ComfyUI's interpreter
+    reason: str
+    python: str
+    seconds: float
+
+
+def probe_attention(python: str, timeout: float = PROBE_TIMEOUT) -> AttentionProbe:
+    """Ask ``python`` (ComfyUI's interpreter) whether SageAttention can run there. Never raises."""
+    started = time.monotonic()
+
+    def result(usable: bool, reason: str) -> AttentionProbe:
+        return AttentionProbe(usable, " ".join(reason.split())[:300], python, round(time.monotonic() - started, 3))
+
+    try:
+        proc = subprocess.run([python, "-c", ATTENTION_PROBE], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        return result(False, f"COMFY_PYTHON={python} not found")
+    except subprocess.TimeoutExpired:
+        return result(False, f"{python} did not answer the probe within {timeout:g} s")
+    except OSError as exc:
+        return result(False, f"COMFY_PYTHON={python} cannot run: {exc.strerror or exc}")
+    lines = proc.stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        report = None
+    if proc.returncode != 0 or not isinstance(report, dict):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return result(False, f"{python} failed the probe (exit {proc.returncode}): {tail}")
+    if not report.get("sageattention"):
+        return result(False, f"{report.get('error', 'sageattention is not importable')} (in {python})")
+    if not report.get("cuda"):
+        return result(False, f"torch.cuda.is_available() is False in {python}")
+    return result(True, f"sageattention imports and CUDA is available in {python}")
+
+
+_probes: dict[str, AttentionProbe] = {}
+_probe_lock = threading.Lock()
+
+
+def attention_probe(settings: Settings) -> AttentionProbe:
+    """The probe of COMFY_PYTHON, run once per worker (callers arriving meanwhile wait for that one run)."""
+    with _probe_lock:
+        if settings.comfy_python not in _probes:
+            _probes[settings.comfy_python] = probe_attention(settings.comfy_python)
+        return _probes[settings.comfy_python]
 
 
 def resolve_attention(settings: Settings) -> str:
-    """``auto`` -> ``sageattn`` when SageAttention can run here, else ``sdpa``; explicit modes pass through."""
+    """``auto`` -> ``sageattn`` when SageAttention can run in ComfyUI's interpreter, else ``sdpa``; explicit modes pass through."""
     mode = settings.attention_mode
     if mode != "auto":
         return mode
-    return "sageattn" if _probe_once()[0] else "sdpa"
+    return "sageattn" if attention_probe(settings).usable else "sdpa"
 
 
 def settings_problems(settings: Settings) -> list[str]:
@@ -243,6 +290,19 @@ def settings_problems(settings: Settings) -> list[str]:
     if "_fast" in settings.quantization:
         problems.append(f"TENEXA_QUANTIZATION={settings.quantization}: fp8 _fast matmul does not work with the "
                         "unmerged per-expert LoRAs these workflows use")
+    elif settings.quantization.startswith("fp8_e5m2"):
+        problems.append(f"TENEXA_QUANTIZATION={settings.quantization}: casts the shipped fp8_e4m3fn weights to e5m2, "
+                        f"which loses precision; use one of {', '.join(KEPT_PRECISION_QUANTIZATIONS)}")
+    frames = settings.max_window_frames
+    if not (wan.MIN_FRAMES <= frames <= wan.MAX_FRAMES and frames % 4 == 1):
+        problems.append(f"MAX_WINDOW_FRAMES={frames} is not a 4n+1 frame count between {wan.MIN_FRAMES} and {wan.MAX_FRAMES}")
+    if not (wan.MIN_FRAMES <= settings.max_frames <= wan.MAX_CLIP_FRAMES and settings.max_frames % 4 == 1):
+        problems.append(f"MAX_FRAMES={settings.max_frames} is not a 4n+1 frame count between {wan.MIN_FRAMES} and "
+                        f"{wan.MAX_CLIP_FRAMES}")
+    smallest = wan.window_tokens(wan.MIN_FRAMES, wan.MIN_SIDE, wan.MIN_SIDE)
+    if settings.max_latent_tokens < smallest:
+        problems.append(f"MAX_LATENT_TOKENS={settings.max_latent_tokens} is below the smallest window "
+                        f"({smallest} tokens: {wan.MIN_FRAMES} frames at {wan.MIN_SIDE}x{wan.MIN_SIDE})")
     return problems
 
 
@@ -260,11 +320,18 @@ def _model_settings(settings: Settings) -> dict[str, Any]:
 
 def runtime_report(settings: Settings) -> dict[str, Any]:
     """What diagnose shows about the model runtime: each setting as configured and as it will be sent."""
-    available, reason = _probe_once() if settings.attention_mode == "auto" else (None, "set explicitly")
+    attention: dict[str, Any] = {"setting": settings.attention_mode, "resolved": resolve_attention(settings)}
+    if settings.attention_mode == "auto":
+        probe = attention_probe(settings)
+        attention.update(sageattention_usable=probe.usable, reason=probe.reason, probed_python=probe.python,
+                         probe_seconds=probe.seconds)
+    else:
+        attention.update(sageattention_usable=None, reason="set explicitly (TENEXA_ATTENTION)")
     return {
-        "attention_mode": {"setting": settings.attention_mode, "resolved": resolve_attention(settings),
-                           "reason": reason, "sageattention_usable": available},
+        "attention_mode": attention,
         **_model_settings(settings),
+        "max_window_frames": settings.max_window_frames,
+        "max_latent_tokens": settings.max_latent_tokens,
         "problems": settings_problems(settings),
     }
 
@@ -295,18 +362,41 @@ def _used_loras(request: GenerateRequest) -> list[dict[str, Any]]:
     return used
 
 
+def check_window(request: GenerateRequest, image_size: tuple[int, int], settings: Settings) -> tuple[int, int, int, int]:
+    """(frames, width, height, high_steps) of ``request``, after refusing with INVALID_INPUT a window over the
+    worker's limits or a split that cannot be predicted. Cheap: generate calls it before any download.
+
+    A clip longer than one window is checked window by window: its longest window must fit.
+    """
+    problems = settings_problems(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    width, height = wan.output_size(image_size, request.width, request.height, resolution=request.resolution,
+                                    aspect_ratio=request.aspect_ratio)
+    frames = wan.fit_frames(request.frames)
+    windows = wan.plan_segments(frames, settings.max_window_frames)
+    try:
+        wan.check_window(max(windows), width, height, max_frames=settings.max_window_frames, max_tokens=settings.max_latent_tokens)
+        return frames, width, height, wan.expert_split(request.steps, request.shift, request.scheduler)
+    except wan.WindowError as exc:
+        size_field = ("width" if request.width is not None else "height" if request.height is not None
+                      else "resolution" if request.resolution is not None else "frames")
+        prefix = f"the clip is made in {len(windows)} windows of up to {max(windows)} frames; " if len(windows) > 1 else ""
+        raise invalid(size_field if exc.field == "size" else "frames", prefix + str(exc)) from None
+    except wan.SplitError as exc:
+        raise invalid("shift", str(exc)) from None
+
+
 def _values(request: GenerateRequest, image_size: tuple[int, int], settings: Settings, start_image: str,
             end_image: str | None, output_prefix: str, interpolator: str) -> dict[str, Any]:
     """Every bound parameter's final value, after the Wan rules and the defaults are applied."""
-    width, height = wan.output_size(image_size, request.width, request.height, resolution=request.resolution,
-                                    aspect_ratio=request.aspect_ratio)
+    frames, width, height, high_steps = check_window(request, image_size, settings)
     video_format = formats.video_format(request.codec)
     multiplier = request.interpolate if interpolator != interpolation.NONE else 1
     out_fps = interpolation.output_fps(request.fps, multiplier, request.adjust_fps_for_interpolation)
     default_high, default_low = manifest.default_loras()
     lora_high = default_high if request.lora_high is None else request.lora_high
     lora_low = default_low if request.lora_low is None else request.lora_low
-    high_steps = wan.expert_split(request.steps, request.shift)
     return {
         "start_image": start_image,
         "end_image": end_image,
@@ -318,7 +408,7 @@ def _values(request: GenerateRequest, image_size: tuple[int, int], settings: Set
         "low_steps": request.steps - high_steps,
         "cfg": request.cfg,
         "cfg_low": request.cfg_low,
-        "frames": wan.fit_frames(request.frames),
+        "frames": frames,
         "width": width,
         "height": height,
         "fps": float(request.fps) if interpolator == interpolation.FFMPEG else out_fps,
@@ -454,14 +544,15 @@ def _add_last_frame(graph: dict[str, Any], wf: WorkflowSpec, output_prefix: str)
 
 
 def bind(request: GenerateRequest, *, image_size: tuple[int, int], settings: Settings, start_image: str,
-         end_image: str | None, output_prefix: str, interpolator: str = interpolation.NONE,
-         window: int | None = None) -> BoundWorkflow:
+         end_image: str | None, output_prefix: str, interpolator: str = interpolation.NONE) -> BoundWorkflow:
     """The request's workflow with every parameter and runtime setting written in.
 
     ``image_size`` is the (width, height) of the start image (it sets the default output size);
     ``start_image``/``end_image`` are names LoadImage can open (uploaded to ComfyUI's input folder);
-    ``interpolator`` is what ``interpolation.choose`` picked for this job (``none`` ignores ``interpolate``);
-    ``window`` is the most frames one generation window may have: a longer clip becomes consecutive segments.
+    ``interpolator`` is what ``interpolation.choose`` picked for this job (``none`` ignores ``interpolate``).
+    A clip longer than MAX_WINDOW_FRAMES becomes consecutive windows (``_chain_segments``).
+    Raises ``ConfigError`` for runtime settings no workflow can take, and ``TenexaError`` INVALID_INPUT for a
+    window over the worker's limits (MAX_WINDOW_FRAMES, MAX_LATENT_TOKENS) or a split that cannot be predicted.
     """
     wf = spec(request.workflow)
     if wf.uses_end_image != (end_image is not None):
@@ -473,7 +564,7 @@ def bind(request: GenerateRequest, *, image_size: tuple[int, int], settings: Set
         raise ConfigError("; ".join(problems))
     values = _values(request, image_size, settings, start_image, end_image, output_prefix, interpolator)
     total_frames = values["frames"]
-    segments = wan.plan_segments(total_frames, window) if window else [total_frames]
+    segments = wan.plan_segments(total_frames, settings.max_window_frames)
     values["frames"] = segments[0]  # the shipped encode is the first window
     graph = load_graph(wf.name, settings.workflow_dir)
     for param, targets in wf.bindings.items():

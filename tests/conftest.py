@@ -3,7 +3,10 @@ test_contract_*.py → contract, test_e2e_*.py and tests/scripts/ → e2e, every
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+
+# One private temporary folder per test session, for this process and every worker, local API or script it starts:
+# the "nothing left behind" tests compare what jobs leave in the temporary folder, and a shared /tmp also holds the
+# files of whatever else runs on the machine (another session, a build), which those tests must not mistake for ours.
+SESSION_TMP = tempfile.mkdtemp(prefix="tenexa-tests-")
+os.environ["TMPDIR"] = SESSION_TMP
+tempfile.tempdir = None  # re-read TMPDIR
 
 from comfy_double import ComfyDouble  # noqa: E402
 
@@ -24,6 +34,10 @@ def _tier(path: Path) -> str:
     if path.name.startswith("test_contract_"):
         return "contract"
     return "unit"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

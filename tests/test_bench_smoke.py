@@ -103,7 +103,8 @@ def test_gpu_analysis_of_a_recorded_timeline():
     history = {"status": {"messages": [["execution_start", {"timestamp": 1000}], ["execution_success", {"timestamp": 14900}]]}}
     out = gpu_generate.analyze(timeline, graph, "2", "3", history)
     assert out["model_load_s"] == 5.0 and out["total_s"] == 14.0 and out["comfy_execution_s"] == 13.9
-    assert out["experts"]["high"] == {"node": "2", "steps": 2, "progress_max": 4, "s_per_step": 2.0, "first_step_s": 1.0, "node_s": 3.9}
+    assert out["experts"]["high"] == {"node": "2", "steps": 2, "progress_max": 4, "s_per_step": 2.0, "first_step_s": 1.0, "node_s": 3.9,
+                                      "step_gaps_s": [2.0], "weights_load_s": None}
     assert out["experts"]["low"]["s_per_step"] == 3.0
 
 

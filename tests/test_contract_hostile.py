@@ -152,6 +152,25 @@ CORPUS = [
     ("return_last_frame as string", {"image_base64": GOOD, "return_last_frame": "yes"}, "INVALID_INPUT"),
     ("interpolation and options all at once", {"image_base64": GOOD, "frames": 9, "interpolate": 2, "codec": "vp9",
                                                "quality": "low", "return_last_frame": True, "aspect_ratio": "9:16", "width": 64}, "ok"),
+    # issue 12: requests the pinned node pack would run wrongly, crash on, or that fit no GPU
+    ("prompt travel", {"image_base64": GOOD, "prompt": "a cat walks | a cat sleeps"}, "INVALID_INPUT"),
+    ("EchoShot marker with one shot", {"image_base64": GOOD, "prompt": "[1] a cat"}, "INVALID_INPUT"),
+    ("EchoShot markers", {"image_base64": GOOD, "prompt": "[1] a cat [2] a dog"}, "INVALID_INPUT"),
+    ("weight syntax crashing float()", {"image_base64": GOOD, "prompt": "(cat:1.2.3)"}, "INVALID_INPUT"),
+    ("time in parentheses read as a weight", {"image_base64": GOOD, "prompt": "a clock at (10:30)"}, "INVALID_INPUT"),
+    ("negative prompt is literal", {"image_base64": GOOD, "frames": 9, "negative_prompt": "blur | [1] (x:2)"}, "ok"),
+    ("frames past MAX_FRAMES", {"image_base64": GOOD, "frames": 401}, "INVALID_INPUT"),
+    ("frames past any clip", {"image_base64": GOOD, "frames": 5000}, "INVALID_INPUT"),
+    ("241 frames at 1920", {"image_base64": GOOD, "frames": 241, "width": 1920, "height": 1920}, "INVALID_INPUT"),
+    ("size over the token budget", {"image_base64": GOOD, "width": 1920, "height": 1080}, "INVALID_INPUT"),
+    ("a pack scheduler without a reproduced schedule", {"image_base64": GOOD, "scheduler": "flowmatch_pusa"}, "INVALID_INPUT"),
+    ("shift putting a step on the expert boundary", {"image_base64": GOOD, "scheduler": "res_multistep", "steps": 10,
+                                                     "shift": 8.964143}, "INVALID_INPUT"),
+    ("lora_name mixed with lora_high", {"image_base64": GOOD, "lora_name": "a.safetensors", "lora_high": "b.safetensors"},
+     "INVALID_INPUT"),
+    ("lora_name path traversal", {"image_base64": GOOD, "lora_name": "../../secret"}, "INVALID_INPUT"),
+    ("lora_name maps to both experts", {"image_base64": GOOD, "frames": 9, "lora_name": "style.safetensors"}, "ok"),
+    ("beta scheduler", {"image_base64": GOOD, "frames": 9, "scheduler": "dpm++_sde/beta"}, "ok"),
 ]
 
 
@@ -192,6 +211,8 @@ def test_hostile_corpus(worker, name, job_input, expected):
         assert out["frames"] == (job_input.get("interpolate") or 1) * 8 + 1
     else:
         assert_clean_failure(out, expected)
+        # every failure in the corpus is the request's: nothing reached ComfyUI
+        assert worker.calls.prompts == [] and worker.calls.uploads == [], name
     assert comfy_leftovers(worker) == []
     assert temp_leftovers() == before
     assert run_job({"image_base64": GOOD, "frames": 9})["status"] == "completed", "the next job still works"

@@ -76,7 +76,7 @@ FAKE_HANDLER = textwrap.dedent(
     """
     import json, os, signal, sys, time, urllib.request
     state = os.environ["FAKE_STATE"]
-    keys = ["COMFY_ROOT", "COMFY_PORT", "COMFY_LOG", "VOLUME_ROOT", "SERVER_ADDRESS"]
+    keys = ["COMFY_ROOT", "COMFY_PORT", "COMFY_LOG", "VOLUME_ROOT", "SERVER_ADDRESS", "COMFY_PYTHON"]
     url = f"http://127.0.0.1:{os.environ['COMFY_PORT']}/system_stats"
     info = {"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in keys}, "pid": os.getpid(),
             "comfy_answered": urllib.request.urlopen(url, timeout=2).status}
@@ -270,11 +270,19 @@ def test_comfy_dying_under_a_running_handler_stops_the_worker(layout):
     assert elapsed < 15
 
 
+def test_handler_gets_the_interpreter_comfyui_runs_in(layout):
+    """The handler probes SageAttention in COMFY_PYTHON, so it must see the entrypoint's value, default included."""
+    del layout.env["COMFY_PYTHON"]
+    rc, _, err, _ = layout.run()
+    assert rc == 0, err
+    assert layout.read("handler.json")["env"]["COMFY_PYTHON"] == "python3"
+
+
 def test_warmup_runs_one_test_job_before_the_handler(layout):
     rc, out, err, _ = layout.run(WARMUP="1")
     assert rc == 0, err
     warm = layout.read("warmup.json")
-    assert warm["argv"] == ["--test_input", '{"input": {"diagnose": true, "selftest": true}}']
+    assert warm["argv"] == ["--test_input", '{"input": {"warmup": true}}']
     assert "phase warmup: " in out
     rc, _, err, _ = layout.run(WARMUP="1", FAKE_WARMUP_RC="1")
     assert rc == 7 and "warm-up job failed" in err

@@ -24,7 +24,9 @@ def test_manifest_loads_with_valid_entries():
     for entry in entries:
         assert entry.folder in manifest.FOLDERS
         assert HF_URL.match(entry.url) or (entry.pack_path and GITHUB_RELEASE_URL.match(entry.url)), entry.url
-        assert entry.url.endswith("/" + entry.file), "the downloaded file keeps its upstream name"
+        upstream_dir, upstream_name = entry.url.rsplit("/", 2)[-2:]
+        # the upstream name, or (for generic upstream names) its release folder and name joined by "_"
+        assert entry.file in (upstream_name, f"{upstream_dir}_{upstream_name}"), entry.file
         assert set(entry.workflows) <= set(workflows.WORKFLOWS), entry.workflows
         assert entry.workflows or entry.optional, f"{entry.name}: a required entry names the workflows that need it"
 
@@ -48,12 +50,26 @@ def test_workflow_file_references_are_exactly_the_manifest_entries(workflow):
 
 def test_default_loras_are_the_lightning_seko_files():
     high, low = manifest.default_loras()
-    assert (high, low) == ("high_noise_model.safetensors", "low_noise_model.safetensors")
+    assert (high, low) == ("Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1_high_noise_model.safetensors", "Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1_low_noise_model.safetensors")
     for name in (manifest.DEFAULT_LORA_HIGH_ENTRY, manifest.DEFAULT_LORA_LOW_ENTRY):
         entry = manifest.entry(name)
         assert entry.folder == "loras"
         assert "lightx2v/Wan2.2-Lightning/resolve/main/Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1/" in entry.url
         assert entry.size == 1_226_977_424
+
+
+# File names other releases also use: two different files under one name on a shared volume (the Wan2.2-Lightning
+# T2V and I2V releases both ship high_noise_model.safetensors / low_noise_model.safetensors).
+GENERIC_NAMES = {"high_noise_model.safetensors", "low_noise_model.safetensors", "model.safetensors",
+                 "diffusion_pytorch_model.safetensors", "adapter_model.safetensors", "pytorch_lora_weights.safetensors"}
+
+
+def test_file_names_say_what_they_are():
+    for entry in manifest.load_manifest():
+        assert entry.file not in GENERIC_NAMES, entry.file
+    loras = {e.file for e in manifest.load_manifest() if e.folder == "loras"}
+    assert all("I2V-A14B" in f for f in loras), "a LoRA's name says which model it is for"
+    assert len({f.lower() for f in loras}) == len(loras)
 
 
 def test_known_sizes_and_no_clip_vision():

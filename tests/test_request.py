@@ -1,4 +1,5 @@
 import random
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,9 @@ def code_of(job_input):
 def test_modes():
     assert select_mode({"test": True}) == "test"
     assert select_mode({"diagnose": True, "selftest": True}) == "diagnose"
+    assert select_mode({"warmup": True}) == "warmup"
+    assert select_mode({"warmup": True, "test": True}) == "test"
+    assert select_mode({"warmup": 1}) == "generate"
     assert select_mode({"test": "yes"}) == "generate"  # only a real true switches modes
     assert select_mode({}) == "generate"
 
@@ -135,3 +139,105 @@ def test_fuzzed_fields_give_a_request_or_a_coded_error(extra):
         assert err.code in (ErrorCode.INVALID_INPUT, ErrorCode.NO_END_IMAGE) and "\n" not in err.message
     else:
         assert 2 <= req.steps <= 100 and 5 <= req.frames <= 241 and isinstance(req.prompt, str)
+
+
+# ---------------------------------------------------------------------------------- prompts the encoder would read
+
+
+@pytest.mark.parametrize(("prompt", "construct"), [
+    ("a cat | a dog", "'|'"),
+    ("a cat|", "'|'"),
+    ("[1] a cat", "'[1]'"),
+    ("a cat [1] walks [2] sits", "'[1]'"),
+    ("see note [12]", "'[12]'"),
+    ("a clock showing (10:30)", "'(10:30)'"),
+    ("(smiling:1.2) woman", "'(smiling:1.2)'"),
+    ("(a:1.2.3)", "'(a:1.2.3)'"),  # float('1.2.3') raises inside the node
+    ("(" + "x" * 60 + ":2)", "'(xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...'"),
+])
+def test_prompt_constructs_the_encoder_interprets_are_refused(prompt, construct):
+    code, message = code_of({**IMG, "prompt": prompt})
+    assert code is ErrorCode.INVALID_INPUT and message.startswith(f"prompt: contains {construct}: ")
+    assert "literal text" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("prompt", [
+    "", "a red ball rolls slowly", "(a parenthesis) and a colon: 3", "ratio 16:9", "[draft] version", "emoji 🎈 and ümlauts",
+    "(10: 30)", "brackets [a1]", "{{json}} \\ back/slash", "line one\nline two",
+])
+def test_plain_prompts_stay_literal(prompt):
+    assert parse_generate({**IMG, "prompt": prompt}).prompt == prompt
+
+
+@pytest.mark.parametrize("negative", ["blurry | static", "[1] ugly", "(bad:2.0)"])
+def test_negative_prompt_is_literal_because_the_encoder_reads_it_as_is(negative):
+    assert parse_generate({**IMG, "negative_prompt": negative}).negative_prompt == negative
+
+
+PROMPT_ALPHABET = st.characters(codec="utf-8", exclude_characters="\x00")
+
+
+@given(st.text(alphabet=PROMPT_ALPHABET, max_size=80))
+def test_accepted_prompts_are_read_word_for_word_by_the_encoder(prompt):
+    """Re-create what WanVideoTextEncode does with an accepted prompt: no split, no EchoShot, no weights."""
+    try:
+        accepted = parse_generate({**IMG, "prompt": prompt}).prompt
+    except TenexaError as err:
+        assert err.code is ErrorCode.INVALID_INPUT and err.message.startswith("prompt: contains ")
+        assert "|" in prompt or re.search(r"\[\d+\]", prompt) or re.search(r"\((.*?):([\d\.]+)\)", prompt)
+        return
+    assert accepted == prompt
+    assert "|" not in accepted and "[1]" not in accepted  # the encoder's own tests for travel and EchoShot
+    assert re.findall(r"\((.*?):([\d\.]+)\)", accepted) == []  # parse_prompt_weights finds nothing to weigh
+
+
+# ---------------------------------------------------------------------------------- frames, scheduler, split, LoRA
+
+
+def test_frames_over_the_window_are_refused_with_the_limit():
+    code, message = code_of_with({**IMG, "frames": 161}, max_frames=81)
+    assert code is ErrorCode.INVALID_INPUT
+    assert message == ("frames: 161 frames is more than one generation window holds on this worker (81, MAX_WINDOW_FRAMES; "
+                       "Wan2.2 is trained at 81 and drifts back to the first frame in longer windows); ask for at most 81 frames")
+    assert code_of_with({**IMG, "length": 83}, max_frames=81)[1].startswith("length: 83 rounds to 85 frames is more than")
+    assert parse_generate({**IMG, "frames": 82}, max_frames=81).frames == 82  # rounds to 81: fits
+    assert parse_generate({**IMG, "frames": 161}, max_frames=161).frames == 161
+
+
+def code_of_with(job_input, **kw):
+    with pytest.raises(TenexaError) as info:
+        parse_generate(job_input, **kw)
+    return info.value.code, info.value.message
+
+
+def test_only_schedulers_with_a_reproduced_schedule_are_accepted():
+    for name in ("flowmatch_pusa", "longcat_distill_euler", "flowmatch_causvid", "sa_ode_stable", "rcm", "vibt_unipc", "multitalk"):
+        code, message = code_of({**IMG, "scheduler": name})
+        assert code is ErrorCode.INVALID_INPUT and "must be one of unipc, unipc/beta, dpm++" in message
+
+
+def test_a_shift_that_puts_a_step_on_the_boundary_is_refused():
+    code, message = code_of({**IMG, "scheduler": "res_multistep", "steps": 10, "shift": 8.964143})
+    assert code is ErrorCode.INVALID_INPUT and message.startswith("shift: shift 8.964143 with 10 steps puts step 6")
+
+
+def test_lora_name_sets_both_experts_like_the_original_worker():
+    req = parse_generate({**IMG, "lora_name": "style.safetensors"})
+    assert (req.lora_high, req.lora_low, req.lora_high_strength, req.lora_low_strength) == ("style.safetensors",) * 2 + (1.0, 1.0)
+    req = parse_generate({**IMG, "lora_name": "style.safetensors", "lora_strength": 0.6})
+    assert (req.lora_high_strength, req.lora_low_strength) == (0.6, 0.6)
+    assert req.ignored_keys == ()
+
+
+@pytest.mark.parametrize("extra", [{"lora_high": "a.safetensors"}, {"lora_low_strength": 0.5}])
+def test_lora_name_mixed_with_per_expert_keys_is_refused(extra):
+    code, message = code_of({**IMG, "lora_name": "style.safetensors", **extra})
+    assert code is ErrorCode.INVALID_INPUT and message.startswith("lora_name: ") and list(extra)[0] in message
+
+
+@pytest.mark.parametrize(("field", "value", "fragment"), [
+    ("lora_name", "../x.safetensors", "loras folder"), ("lora_strength", 11, "between -10 and 10"), ("lora_name", 3, "non-empty"),
+])
+def test_bad_lora_name_fields_are_named(field, value, fragment):
+    code, message = code_of({**IMG, field: value})
+    assert code is ErrorCode.INVALID_INPUT and message.startswith(field) and fragment in message

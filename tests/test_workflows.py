@@ -7,16 +7,20 @@ keeps the same shape.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import string
+import sys
+import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tenexa import formats, wan, workflows
+from tenexa import formats, manifest, wan, workflows
 from tenexa.config import REPO_ROOT, ConfigError, load_settings
+from tenexa.errors import ErrorCode, TenexaError
 from tenexa.formats import CODECS, QUALITY_PRESETS
 from tenexa.request import ASPECT_RATIOS, DEFAULT_NEGATIVE_PROMPT, RESOLUTIONS, SCHEDULERS, WORKFLOW_NAMES, parse_generate
 from tenexa.validator import load_object_info, validate
@@ -181,7 +185,13 @@ def test_bind_writes_the_request_into_the_graph():
 
 def test_bind_uses_the_manifest_loras_by_default():
     used = bind(request()).used
-    assert (used["lora_high"], used["lora_low"]) == ("high_noise_model.safetensors", "low_noise_model.safetensors")
+    assert (used["lora_high"], used["lora_low"]) == ("Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1_high_noise_model.safetensors", "Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1_low_noise_model.safetensors")
+
+
+def test_lora_name_binds_one_lora_to_both_experts():
+    g = bind(request(lora_name="style.safetensors", lora_strength=0.5)).graph
+    loras = [(n["inputs"]["lora_0"], n["inputs"]["strength_0"]) for n in nodes_of(g, "WanVideoLoraSelectMulti").values()]
+    assert loras == [("style.safetensors", 0.5)] * 2
 
 
 def expert_lora_slots(graph: dict) -> dict[str, list[tuple[str, float]]]:
@@ -206,7 +216,7 @@ def test_bind_puts_the_loras_list_in_slots_1_to_4_of_each_expert(workflow):
     ])
     bound = bind(req)
     slots = expert_lora_slots(bound.graph)
-    assert slots["high"] == [("high_noise_model.safetensors", 1.0), ("both.safetensors", 0.5), ("high-a.safetensors", 1.0),
+    assert slots["high"] == [(manifest.default_loras()[0], 1.0), ("both.safetensors", 0.5), ("high-a.safetensors", 1.0),
                              ("high-b.safetensors", 2.0), ("none", 1.0)]
     assert slots["low"] == [("none", 1.0), ("both.safetensors", 0.5), ("low-a.safetensors", -1.25), ("none", 1.0), ("none", 1.0)]
     assert [(u["expert"], u["slot"], u["name"]) for u in bound.used["loras"]] == [
@@ -277,29 +287,117 @@ def test_end_image_must_match_the_workflow():
 
 def test_resolve_attention(monkeypatch):
     assert workflows.resolve_attention(load_settings({"TENEXA_ATTENTION": "flash_attn_3"})) == "flash_attn_3"
-    monkeypatch.setattr(workflows, "_probe_cache", [(True, "test")])
+    probe = workflows.AttentionProbe(True, "test", SETTINGS.comfy_python, 0.0)
+    monkeypatch.setattr(workflows, "_probes", {SETTINGS.comfy_python: probe})
     assert workflows.resolve_attention(SETTINGS) == "sageattn"
-    monkeypatch.setattr(workflows, "_probe_cache", [(False, "test")])
+    monkeypatch.setattr(workflows, "_probes", {SETTINGS.comfy_python: dataclasses.replace(probe, usable=False)})
     assert workflows.resolve_attention(SETTINGS) == "sdpa"
 
 
-def test_attention_probe_without_sageattention(monkeypatch):
-    monkeypatch.setattr(workflows.importlib.util, "find_spec", lambda name: None)
-    assert workflows._attention_probe() == (False, "sageattention is not importable")
+def fake_python(tmp_path: Path, body: str) -> str:
+    """An executable standing in for ComfyUI's interpreter: ignores its arguments, runs a shell body."""
+    path = tmp_path / "python"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
 
 
-def test_attention_probe_without_torch_uses_device_nodes(monkeypatch):
-    monkeypatch.setattr(workflows.importlib.util, "find_spec", lambda name: None if name == "torch" else object())
-    monkeypatch.setattr(workflows.os.path, "exists", lambda path: path == "/dev/nvidia0")
-    ok, reason = workflows._attention_probe()
-    assert ok and "torch not in this process" in reason
+@pytest.mark.parametrize(("body", "usable", "reason"), [
+    ('echo \'{"sageattention": true, "cuda": true, "torch": "2.9.1"}\'', True, "sageattention imports and CUDA is available"),
+    ('echo \'{"sageattention": false, "cuda": true, "error": "sageattention: ModuleNotFoundError: No module named x"}\'',
+     False, "sageattention: ModuleNotFoundError: No module named x (in "),
+    ('echo \'{"sageattention": true, "cuda": false}\'', False, "torch.cuda.is_available() is False in "),
+    ("echo 'Traceback ...' >&2; echo 'SyntaxError: bad' >&2; exit 1", False, "failed the probe (exit 1): SyntaxError: bad"),
+    ("echo not json", False, "failed the probe (exit 0)"),
+])
+def test_attention_probe_reads_the_interpreters_answer(tmp_path, body, usable, reason):
+    probe = workflows.probe_attention(fake_python(tmp_path, body))
+    assert probe.usable is usable
+    assert reason in probe.reason
+
+
+def test_attention_probe_failures_are_reported_not_raised(tmp_path):
+    missing = workflows.probe_attention(str(tmp_path / "no-such-python"))
+    assert not missing.usable and "not found" in missing.reason
+    slow = workflows.probe_attention(fake_python(tmp_path, "sleep 5"), timeout=0.5)
+    assert not slow.usable and "did not answer the probe within 0.5 s" in slow.reason and slow.seconds < 3
+
+
+def test_attention_probe_runs_the_real_probe_script():
+    """The test interpreter has no SageAttention (and no CUDA): the real script says so instead of crashing."""
+    probe = workflows.probe_attention(sys.executable)
+    assert not probe.usable and ("sageattention" in probe.reason or "torch" in probe.reason), probe.reason
+
+
+def test_attention_probe_runs_once_per_worker(tmp_path, monkeypatch):
+    log = tmp_path / "calls"
+    python = fake_python(tmp_path, f"echo run >> {log}; echo '{{\"sageattention\": true, \"cuda\": true}}'")
+    monkeypatch.setattr(workflows, "_probes", {})
+    settings_ = load_settings({"COMFY_PYTHON": python})
+    threads = [threading.Thread(target=workflows.resolve_attention, args=(settings_,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert workflows.resolve_attention(settings_) == "sageattn"
+    assert log.read_text().splitlines() == ["run"]
+    assert workflows.runtime_report(settings_)["attention_mode"] == {
+        "setting": "auto", "resolved": "sageattn", "sageattention_usable": True, "probed_python": python,
+        "reason": f"sageattention imports and CUDA is available in {python}",
+        "probe_seconds": workflows._probes[python].seconds}
 
 
 def test_runtime_report():
     report = workflows.runtime_report(load_settings({"TENEXA_ATTENTION": "sdpa", "TENEXA_BLOCKS_TO_SWAP": "99"}))
-    assert report["attention_mode"]["resolved"] == "sdpa"
+    assert report["attention_mode"] == {"setting": "sdpa", "resolved": "sdpa", "sageattention_usable": None,
+                                        "reason": "set explicitly (TENEXA_ATTENTION)"}
     assert {"base_precision", "quantization", "load_device", "blocks_to_swap", "vae_precision", "text_encoder"} <= set(report)
+    assert (report["max_window_frames"], report["max_latent_tokens"]) == (81, 75_600)
     assert any("TENEXA_BLOCKS_TO_SWAP" in p for p in report["problems"])
+
+
+@pytest.mark.parametrize("quantization", ["disabled", "fp8_e4m3fn", "fp8_e4m3fn_scaled"])
+def test_quantizations_that_keep_the_e4m3fn_weights_are_accepted(quantization):
+    assert workflows.settings_problems(load_settings({"TENEXA_QUANTIZATION": quantization})) == []
+
+
+@pytest.mark.parametrize("quantization", workflows.QUANTIZATIONS)
+def test_exactly_the_precision_keeping_quantizations_pass(quantization):
+    problems = workflows.settings_problems(load_settings({"TENEXA_QUANTIZATION": quantization}))
+    assert (problems == []) is (quantization in workflows.KEPT_PRECISION_QUANTIZATIONS), problems
+
+
+@pytest.mark.parametrize("quantization", ["fp8_e5m2", "fp8_e5m2_scaled", "fp8_e5m2_fast", "fp8_e5m2_scaled_fast"])
+def test_e5m2_quantizations_are_refused_as_lossy(quantization):
+    (problem,) = workflows.settings_problems(load_settings({"TENEXA_QUANTIZATION": quantization}))
+    assert problem.startswith(f"TENEXA_QUANTIZATION={quantization}: ")
+    assert "_fast" in quantization or "loses precision; use one of disabled, fp8_e4m3fn, fp8_e4m3fn_scaled" in problem
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"MAX_WINDOW_FRAMES": "80"}, "MAX_WINDOW_FRAMES=80 is not a 4n+1 frame count between 5 and 241"),
+    ({"MAX_WINDOW_FRAMES": "245"}, "MAX_WINDOW_FRAMES=245 is not a 4n+1"),
+    ({"MAX_LATENT_TOKENS": "31"}, "MAX_LATENT_TOKENS=31 is below the smallest window (32 tokens"),
+])
+def test_bad_window_settings_are_refused(env, message):
+    assert any(message in p for p in workflows.settings_problems(load_settings(env)))
+    with pytest.raises(ConfigError, match=list(env)[0]):
+        bind(request(frames=5), settings_=load_settings(env))
+
+
+def test_bind_refuses_windows_over_the_limits_naming_the_field():
+    with pytest.raises(TenexaError) as info:
+        bind(request(frames=121), settings_=SETTINGS)
+    assert info.value.code is ErrorCode.INVALID_INPUT and info.value.details["field"] == "frames"
+    assert "MAX_WINDOW_FRAMES" in info.value.message
+    with pytest.raises(TenexaError) as info:
+        bind(request(width=1920, height=1080))
+    assert info.value.details["field"] == "width" and "MAX_LATENT_TOKENS" in info.value.message
+    with pytest.raises(TenexaError) as info:  # no size given: the frames are what the caller chose
+        bind(request(frames=81), image_size=(100, 100), settings_=load_settings({"MAX_LATENT_TOKENS": "20000"}))
+    assert info.value.details["field"] == "frames" and "20,000" in info.value.message
+    big = load_settings({"MAX_WINDOW_FRAMES": "121", "MAX_LATENT_TOKENS": "252960"})  # exactly 1920x1088x121
+    assert bind(request(frames=121, width=1920, height=1088), settings_=big).used["frames"] == 121
 
 
 # ---------------------------------------------------------------------------------- property test
@@ -326,6 +424,20 @@ runtime = st.fixed_dictionaries({
 })
 
 
+# The invariants hold for every window the request format allows, so the limits are lifted here; the
+# limits themselves are tested by test_bind_refuses_exactly_the_windows_over_the_limits.
+UNLIMITED = {"MAX_WINDOW_FRAMES": "241", "MAX_LATENT_TOKENS": str(61 * 120 * 120)}
+
+
+def request_or_skip(workflow, **fields):
+    """A parsed request, or a skipped example when the shift puts a step on the expert boundary (tested in test_wan)."""
+    try:
+        return request(workflow, **fields)
+    except TenexaError as err:
+        assume("on the high/low expert boundary" not in err.message)
+        raise
+
+
 def _consistent(fields: dict) -> dict:
     """Drop the size fields a request may not combine (presets are an alternative to width/height)."""
     if "resolution" in fields:
@@ -343,8 +455,8 @@ def _consistent(fields: dict) -> dict:
 def test_bound_graph_invariants(fields, env, image, prefix, interpolator):
     fields = _consistent(dict(fields))
     workflow = fields.pop("workflow")
-    req = request(workflow, **fields)
-    bound = workflows.bind(req, image_size=image, settings=load_settings(env), start_image="in/start.png",
+    req = request_or_skip(workflow, **fields)
+    bound = workflows.bind(req, image_size=image, settings=load_settings({**env, **UNLIMITED}), start_image="in/start.png",
                            end_image="in/end.png" if workflow == "flf2v" else None, output_prefix=prefix,
                            interpolator=interpolator)
     g, used = bound.graph, bound.used
@@ -437,6 +549,29 @@ def test_bound_graph_invariants(fields, env, image, prefix, interpolator):
     assert 0 <= x and 0 <= y and x + w <= image[0] and y + h <= image[1] and abs(x - (image[0] - x - w)) <= 1
     assert used["attention_mode"] == env["TENEXA_ATTENTION"]
     assert bool(nodes_of(g, "LoadWanVideoT5TextEncoder")) == (env["TENEXA_TEXT_ENCODER"] == "t5")
+    assert split == wan.expert_split(steps, req.shift, req.scheduler)  # the split of the scheduler that runs
+
+
+@settings(max_examples=150, deadline=None)
+@given(frames=st.integers(5, 241), size=st.tuples(st.integers(64, 1920), st.integers(64, 1920)) | st.none(),
+       image=st.tuples(st.integers(16, 4000), st.integers(16, 4000)),
+       limits=st.tuples(st.integers(1, 60).map(lambda n: 4 * n + 1), st.integers(32, 400_000)))
+def test_bind_refuses_exactly_the_windows_over_the_limits(frames, size, image, limits):
+    max_frames, max_tokens = limits
+    settings_ = load_settings({"MAX_WINDOW_FRAMES": str(max_frames), "MAX_LATENT_TOKENS": str(max_tokens),
+                               "TENEXA_ATTENTION": "sdpa"})
+    req = request(frames=frames, **({"width": size[0], "height": size[1]} if size else {}))
+    width, height = wan.output_size(image, *(size or (None, None)))
+    fitted = wan.fit_frames(frames)
+    over = fitted > max_frames or wan.window_tokens(fitted, width, height) > max_tokens
+    try:
+        used = bind(req, image_size=image, settings_=settings_).used
+    except TenexaError as err:
+        assert over and err.code is ErrorCode.INVALID_INPUT
+        assert ("MAX_WINDOW_FRAMES" if fitted > max_frames else "MAX_LATENT_TOKENS") in err.message
+        assert "\n" not in err.message
+    else:
+        assert not over and wan.window_tokens(used["frames"], used["width"], used["height"]) <= max_tokens
 
 
 # ---------------------------------------------------------------------------------- node ids live in one place

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from tenexa import diagnostics, manifest
 from tenexa.comfy import ComfyClient
 from tenexa.diagnostics import diagnose, health, run_selftest, selftest_graph
 from tenexa.errors import ErrorCode, TenexaError
+from tenexa.files import sha256_file
 from tenexa.pipeline import run_graph
 from tenexa.workspace import JobWorkspace
 
@@ -46,7 +49,7 @@ def test_health_and_selftest_in_process(cpu_settings, client, comfy_server):
     assert _leftovers(comfy_server.root, "it-selftest") == []
 
 
-def test_diagnose_is_healthy_with_tiny_models(cpu_settings, client, volume):
+def test_diagnose_is_healthy_with_tiny_models(cpu_settings, client, volume, monkeypatch):
     from dataclasses import replace
 
     settings = replace(cpu_settings, volume_root=volume)
@@ -58,8 +61,20 @@ def test_diagnose_is_healthy_with_tiny_models(cpu_settings, client, volume):
         assert check["valid"] is True, (name, check)
         assert check["missing_models"] == {} and check["missing_nodes"] == []
     assert report["selftest"]["ok"] is True
-    assert report["healthy"] is True
     assert report["settings"]["attention_mode"]["resolved"] == "sdpa"
+    assert report["host_memory"]["ok"] is True, report["host_memory"]  # tiny files, embeddings from the cache
+    # The tiny LoRAs carry the real LoRAs' names but not their published size: exactly what the size check is for.
+    assert {w["name"] for w in report["manifest"]["wrong_size"]} == {"lightning-i2v-a14b-high", "lightning-i2v-a14b-low"}
+    assert report["healthy"] is False
+
+    # With a manifest that knows the tiny files' real sizes and hashes, the same worker is healthy.
+    tiny = [dataclasses.replace(e, size=diagnostics.model_file(settings, e).stat().st_size,
+                                sha256=sha256_file(diagnostics.model_file(settings, e))) for e in manifest.load_manifest()]
+    monkeypatch.setattr(manifest, "load_manifest", lambda path=None: tuple(tiny))  # diagnose reads it at call time
+    report = diagnose(settings, client, verify_hashes=True)
+    assert report["manifest"]["wrong_size"] == [] and report["manifest"]["hash_mismatch"] == []
+    assert sorted(report["manifest"]["verified"]) == sorted(e.name for e in tiny)
+    assert report["healthy"] is True
 
 
 def _run(client, root, graph_fn, images, **kw):

@@ -97,8 +97,8 @@ def tiny_lora(seed: int) -> dict[str, torch.Tensor]:
     return sd
 
 
-def random_vae(comfy_root: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """The wrapper's own Wan2.1 VAE class with random weights: light (75 % pruned) if possible, else full."""
+def wrapper_vae_module(comfy_root: Path) -> types.ModuleType:
+    """The wrapper's ``wanvideo.wan_video_vae`` module, imported outside ComfyUI (its relative imports need a package)."""
     sys.path.insert(0, str(comfy_root))
     import comfy.cli_args
 
@@ -106,7 +106,12 @@ def random_vae(comfy_root: Path) -> tuple[dict[str, torch.Tensor], str]:
     pkg = types.ModuleType("tenexa_wvw")
     pkg.__path__ = [str(comfy_root / "custom_nodes" / "ComfyUI-WanVideoWrapper")]
     sys.modules["tenexa_wvw"] = pkg
-    vae_module = importlib.import_module("tenexa_wvw.wanvideo.wan_video_vae")
+    return importlib.import_module("tenexa_wvw.wanvideo.wan_video_vae")
+
+
+def random_vae(comfy_root: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The wrapper's own Wan2.1 VAE class with random weights: light (75 % pruned) if possible, else full."""
+    vae_module = wrapper_vae_module(comfy_root)
     torch.manual_seed(0)
     try:
         return finite_init(vae_module.WanVideoVAE(dtype=torch.float32, pruning_rate=0.75).state_dict()), "light"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -92,6 +93,15 @@ FAILED_REPLY = {
                "error_message": "Wan2_2-I2V-A14B-HIGH.safetensors not found in diffusion_models",
                "logs_tail": ["[ComfyUI] loading workflow", "[ComfyUI] FileNotFoundError: Wan2_2-I2V-A14B-HIGH.safetensors"]},
 }
+
+
+def interruptible() -> None:
+    """Popen ``preexec_fn``: the client starts with Ctrl-C's default action, as it does in a terminal.
+
+    A shell that runs a command in the background without job control (``cmd &`` in a script, as CI or nohup may)
+    starts it with SIGINT ignored, and children inherit that; Python then never raises KeyboardInterrupt, so a
+    Ctrl-C test would measure how pytest was launched instead of the client."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def script_env(**extra: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from client_harness import SCRIPTS, probe_mp4, run_script, script_env
+from client_harness import SCRIPTS, interruptible, probe_mp4, run_script, script_env
 
 
 def test_generate_via_run_and_status(dev_server, tiny_mp4, tiny_png, tmp_path) -> None:
@@ -70,7 +70,7 @@ def test_ctrl_c_on_local_api_says_cancel_is_unsupported(dev_server, tiny_png) ->
     dev_server.marker.unlink(missing_ok=True)
     process = subprocess.Popen([sys.executable, str(SCRIPTS / "send_test.py"), dev_server.url, "--image", str(tiny_png),
                                 "--prompt", "sleep", "--set", "seconds=2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(), preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 20
         while not dev_server.marker.exists():  # the handler is now running inside POST /status

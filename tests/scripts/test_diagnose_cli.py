@@ -75,6 +75,27 @@ def test_full_report_sections_and_degraded_verdict(standin) -> None:
     assert "- 1 model file(s) from the manifest missing" in text
 
 
+def test_wrong_sizes_hashes_and_host_memory_are_shown(standin) -> None:
+    report = {**FULL_REPORT, "healthy": False,
+              "manifest": {"present": [], "missing": [], "ok": False, "verified": ["vae"], "unverifiable": ["t5"],
+                           "wrong_size": [{"name": "lora_high", "path": "/v/models/loras/x.safetensors", "size": 700000,
+                                           "expected": 1226977424}],
+                           "hash_mismatch": [{"name": "vae", "path": "/v/models/vae/v.safetensors", "expected": "ab" * 32}]},
+              "host_memory": {"ram_total_gb": 31.2, "need_gb": 47.7, "ok": False,
+                              "parts_gb": {"diffusion_models": 28.6, "text_encoders": 11.4},
+                              "reason": "host RAM 31.2 GB is below the 47.7 GB that TENEXA_LOAD_DEVICE=offload_device needs"}}
+    server = standin(Scenario(statuses=completed(report)))
+    result = run_script("diagnose.py", server.endpoint_url, "--verify-hashes", *FAST)
+    assert result.returncode == 1, result.stderr
+    assert server.requests[0].body == {"input": {"diagnose": True, "verify_hashes": True}}
+    text = result.stdout
+    assert "SIZE     lora_high  (/v/models/loras/x.safetensors: 683.59 KiB, expected 1.14 GiB)" in text
+    assert "SHA256   vae  (/v/models/vae/v.safetensors does not match the manifest)" in text
+    assert "\nHost memory" in text and "31.2 GB / 47.7 GB  FAIL" in text and "diffusion_models" in text
+    assert "- 1 model file(s) with the wrong size" in text and "- 1 model file(s) with the wrong sha256" in text
+    assert "- not enough host RAM: host RAM 31.2 GB is below" in text
+
+
 @pytest.mark.parametrize("report, code", [
     ({"status": "completed", "comfyui_reachable": True, "healthy": True}, 0),
     ({"status": "completed", "comfyui_reachable": True}, 0),  # no verdict from the worker, nothing wrong found

@@ -10,7 +10,18 @@ import sys
 import time
 
 import pytest
-from client_harness import FAILED_REPLY, SCRIPTS, SECRET_KEY, free_port, probe_mp4, run_script, script_env, success_output, success_statuses
+from client_harness import (
+    FAILED_REPLY,
+    SCRIPTS,
+    SECRET_KEY,
+    free_port,
+    interruptible,
+    probe_mp4,
+    run_script,
+    script_env,
+    success_output,
+    success_statuses,
+)
 from runpod_standin import Scenario
 
 FAST = ("--poll", "0.05")
@@ -256,7 +267,7 @@ def test_ctrl_c_cancels_the_remote_job(standin, tiny_png) -> None:
     server = standin(Scenario(statuses=[{"status": "IN_QUEUE"}, {"status": "IN_PROGRESS", "output": {"phase": "sampling_low", "percent": 60}}],
                               api_key=SECRET_KEY))
     process = subprocess.Popen([sys.executable, str(SCRIPTS / "send_test.py"), server.endpoint_url, "--image", str(tiny_png), *FAST],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(RUNPOD_API_KEY=SECRET_KEY))
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(RUNPOD_API_KEY=SECRET_KEY), preexec_fn=interruptible)
     try:
         assert server.wait_for_status_poll(timeout=20), "the client never polled /status"
         process.send_signal(signal.SIGINT)
