@@ -1,11 +1,14 @@
-"""What frame interpolation adds to a job, per second of output, beside the base generation in the same run.
+"""What frame interpolation and segment chaining add to a job, per second of output, beside the base generation
+in the same run.
 
 Two parts, both on a real ComfyUI on CPU:
 
 - **generate** (``tenexa.generate.generate`` in process, tiny random weights as in the integration tier,
   64x64, 9 frames, 2 steps): the base job, the same job with ``interpolate: 2`` by RIFE (random weights of the
-  real RIFE 4.7 architecture) and by ffmpeg. Jobs run round-robin so that drift hits every case alike; the
-  figure is the median wall time, and the added time divided by the seconds of video the job returns.
+  real RIFE 4.7 architecture) and by ffmpeg; and a 17-frame clip made in one window beside the same clip made
+  as two chained windows of 9 (``MAX_WINDOW_FRAMES=9``), so the cost of chaining is the difference between two
+  jobs that return the same video length. Jobs run round-robin so that drift hits every case alike; the figure
+  is the median wall time, and the added time divided by the seconds of video the job returns.
 - **interpolation alone at 480p** (832x480, 17 frames at 16 fps -> 33 frames at 32 fps): RIFE in a ComfyUI graph
   (LoadImage -> ImageScale -> RepeatImageBatch -> [RIFE VFI x2] -> VHS h264) with and without the RIFE node,
   and the worker's ffmpeg pass (``tenexa.interpolation.interpolate_video`` on an FFV1 file of a moving bar)
@@ -44,11 +47,15 @@ TINY_WAN = _common.TESTS / "integration" / "tiny_wan.py"
 IMAGE = _common.REPO / "example_image.png"
 PROMPT = "bench: a red ball rolls across a table"
 BASE_JOB = {"frames": 9, "width": 64, "height": 64, "steps": 2, "seed": 7, "fps": 16, "prompt": PROMPT}
+# name: (request fields over BASE_JOB, MAX_WINDOW_FRAMES of the worker or None for its default)
 CASES = {
-    "base": {},
-    "rife x2": {"interpolate": 2, "interpolator": "rife"},
-    "ffmpeg x2": {"interpolate": 2, "interpolator": "ffmpeg"},
+    "base": ({}, None),
+    "rife x2": ({"interpolate": 2, "interpolator": "rife"}, None),
+    "ffmpeg x2": ({"interpolate": 2, "interpolator": "ffmpeg"}, None),
+    "17 frames, one window": ({"frames": 17}, None),
+    "17 frames, two windows": ({"frames": 17}, 9),
 }
+CHAINING = ("17 frames, one window", "17 frames, two windows")  # same output; the difference is what chaining adds
 HD_SIZE, HD_FRAMES = (832, 480), 17
 
 
@@ -96,17 +103,18 @@ def generate_cases(settings, repeats: int) -> dict:
     client = ComfyClient(settings.comfy_url)
     image = base64.b64encode(IMAGE.read_bytes()).decode()
 
-    def job(extra: dict) -> dict:
-        return generate(f"bench-{uuid.uuid4().hex[:6]}", {"image_base64": image, **BASE_JOB, **extra}, settings=settings, client=client)
+    def job(extra: dict, window: int | None) -> dict:
+        worker = replace(settings, max_window_frames=window) if window else settings
+        return generate(f"bench-{uuid.uuid4().hex[:6]}", {"image_base64": image, **BASE_JOB, **extra}, settings=worker, client=client)
 
-    for extra in CASES.values():  # warm-up: model loads, the RIFE checkpoint, PyAV's first import
-        job(extra)
+    for case in CASES.values():  # warm-up: model loads, the RIFE checkpoint, PyAV's first import
+        job(*case)
     samples: dict[str, list[float]] = {name: [] for name in CASES}
     last: dict[str, dict] = {}
     for _ in range(repeats):
-        for name, extra in CASES.items():
+        for name, case in CASES.items():
             started = time.monotonic()
-            last[name] = job(extra)
+            last[name] = job(*case)
             samples[name].append(time.monotonic() - started)
     base = statistics.median(samples["base"])
     rows = {}
@@ -120,10 +128,15 @@ def generate_cases(settings, repeats: int) -> dict:
             "fps": response["fps"],
             "output_seconds": response["duration_sec"],
             "interpolator": response["used"]["interpolator"],
+            "windows": response["used"].get("segments") or [response["frames"]],
             "added_s": round(median - base, 3),
             "added_s_per_output_second": round((median - base) / response["duration_sec"], 3),
         }
-    return {"job": BASE_JOB, "repeats": repeats, "cases": rows}
+    one, two = (rows[name] for name in CHAINING)
+    chaining = {"one_window_median_s": one["median_s"], "two_windows_median_s": two["median_s"],
+                "added_s": round(two["median_s"] - one["median_s"], 3),
+                "added_s_per_output_second": round((two["median_s"] - one["median_s"]) / two["output_seconds"], 3)}
+    return {"job": BASE_JOB, "repeats": repeats, "cases": rows, "chaining": chaining}
 
 
 # ------------------------------------------------------------------------------------------------ 480p alone
@@ -244,6 +257,10 @@ def print_rows(report: dict) -> None:
     for name, case in report["generate"]["cases"].items():
         rows.append([f"generate 64x64, {case['frames']} frames out ({name})", f"{case['median_s']:.2f} s",
                      f"{case['added_s']:+.2f} s", f"{case['added_s_per_output_second']:+.2f} s"])
+    chain = report["generate"]["chaining"]
+    rows.append(["chaining: 17 frames as two windows of 9, vs one window", f"{chain['two_windows_median_s']:.2f} s",
+                 f"{chain['added_s']:+.2f} s (vs {chain['one_window_median_s']:.2f} s in one window)",
+                 f"{chain['added_s_per_output_second']:+.2f} s"])
     rife, ff = report["rife_480p"], report["ffmpeg_480p"]
     rows.append([f"RIFE x2 at 832x480, {rife['frames_in']} -> {rife['frames_out']} frames (graph)",
                  f"{rife['with_rife_median_s']:.2f} s", f"{rife['added_s']:+.2f} s (vs {rife['without_rife_median_s']:.2f} s without)",

@@ -8,7 +8,7 @@ Sections, in order (each also writes its own JSON in bench/results/):
   latency       import time and idle memory; test mode and diagnose latency (bench/latency.py)
   overhead      worker overhead per job: self-test on a real ComfyUI on CPU, generate on the protocol double (bench/overhead.py)
   gpu_generate  real Wan2.2 generations (bench/gpu_generate.py); skipped, with the reason, without an NVIDIA GPU
-  features      the added time of frame interpolation per second of output, beside the base job (bench/features.py)
+  features      the added time of frame interpolation and of segment chaining per second of output, beside the base job (bench/features.py)
   cold_start    entrypoint.sh to a ready handler with a real ComfyUI on CPU (bench/cold_start.py)
   delivery      base64 / bucket delivery time and memory (bench/delivery.py)
   download      provisioner vs single-stream download (bench/download.py)
@@ -275,6 +275,11 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
                 add("features", f"generate 64x64 + {name} (tiny Wan, CPU)",
                     f"{case['added_s_per_output_second']:+.2f} s per output s ({case['added_s']:+.2f} s)",
                     f"base job {base['median_s']:.2f} s for {base['output_seconds']} s of video")
+        chain = feat["generate"].get("chaining")
+        if chain:
+            add("features", "17 frames as two chained windows (tiny Wan, CPU)",
+                f"{chain['added_s_per_output_second']:+.2f} s per output s ({chain['added_s']:+.2f} s)",
+                f"same clip in one window {chain['one_window_median_s']:.2f} s")
         rife, ff = feat["rife_480p"], feat["ffmpeg_480p"]
         add("features", "RIFE x2 at 832x480 (CPU)", f"{rife['added_s_per_output_second']:+.2f} s per output s",
             f"graph without RIFE {rife['without_rife_median_s']:.2f} s")

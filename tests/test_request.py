@@ -194,14 +194,14 @@ def test_accepted_prompts_are_read_word_for_word_by_the_encoder(prompt):
 # ---------------------------------------------------------------------------------- frames, scheduler, split, LoRA
 
 
-def test_frames_over_the_window_are_refused_with_the_limit():
+def test_frames_over_the_clip_limit_are_refused_with_the_limit():
     code, message = code_of_with({**IMG, "frames": 161}, max_frames=81)
     assert code is ErrorCode.INVALID_INPUT
-    assert message == ("frames: 161 frames is more than one generation window holds on this worker (81, MAX_WINDOW_FRAMES; "
-                       "Wan2.2 is trained at 81 and drifts back to the first frame in longer windows); ask for at most 81 frames")
-    assert code_of_with({**IMG, "length": 83}, max_frames=81)[1].startswith("length: 83 rounds to 85 frames is more than")
+    assert message == ("frames: 161 is more frames than this worker makes in one job (81, MAX_FRAMES); "
+                       "ask for fewer or chain clips with return_last_frame")
+    assert code_of_with({**IMG, "length": 83}, max_frames=81)[1].startswith("length: 83 (rounds to 85) is more frames than")
     assert parse_generate({**IMG, "frames": 82}, max_frames=81).frames == 82  # rounds to 81: fits
-    assert parse_generate({**IMG, "frames": 161}, max_frames=161).frames == 161
+    assert parse_generate({**IMG, "frames": 161}, max_frames=161).frames == 161  # more than one window: windows, not a refusal
 
 
 def code_of_with(job_input, **kw):

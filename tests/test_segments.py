@@ -3,6 +3,8 @@ and progress across them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -41,12 +43,14 @@ def test_plan_segments_refuses_what_is_not_a_frame_count():
 
 
 def bind(workflow: str = "wan22_i2v", window: int | None = 5, **fields):
+    """Bind a 13-frame clip on a worker whose windows hold ``window`` frames (None: the default, 81)."""
     data = {"workflow": workflow, "image_base64": "x", "frames": 13, "seed": 40, **fields}
     if workflow == "flf2v":
         data["end_image_base64"] = "y"
     req = parse_generate(data)
-    return workflows.bind(req, image_size=(96, 64), settings=SETTINGS, start_image="in/start.png",
-                          end_image="in/end.png" if workflow == "flf2v" else None, output_prefix="p", window=window)
+    settings = replace(SETTINGS, max_window_frames=window) if window else SETTINGS
+    return workflows.bind(req, image_size=(96, 64), settings=settings, start_image="in/start.png",
+                          end_image="in/end.png" if workflow == "flf2v" else None, output_prefix="p")
 
 
 def of(graph: dict, class_type: str) -> dict[str, dict]:
@@ -95,8 +99,8 @@ def test_segments_chain_from_the_previous_last_frame_and_join_without_duplicates
 
 def test_interpolation_and_last_frame_apply_to_the_joined_clip():
     bound = workflows.bind(parse_generate({"image_base64": "x", "frames": 13, "interpolate": 2, "return_last_frame": True}),
-                           image_size=(96, 64), settings=SETTINGS, start_image="a", end_image=None, output_prefix="p",
-                           interpolator="rife", window=5)
+                           image_size=(96, 64), settings=replace(SETTINGS, max_window_frames=5), start_image="a", end_image=None, output_prefix="p",
+                           interpolator="rife")
     g = bound.graph
     (rife,) = of(g, "RIFE VFI").values()
     assert g[rife["inputs"]["frames"][0]]["class_type"] == "ImageBatch"  # after the join: one pass over the whole clip

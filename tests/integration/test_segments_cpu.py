@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from dataclasses import replace
 
 import av
 from PIL import Image, ImageChops
@@ -33,8 +34,8 @@ def test_two_segment_clip_has_the_frames_and_its_seam_is_the_first_segments_last
     client = RecordingClient(cpu_settings.comfy_url)
     workspace = JobWorkspace(cpu_settings.comfy_root, f"it-seg-{uuid.uuid4().hex[:6]}")
     try:
-        bound = workflows.bind(request, image_size=(96, 64), settings=cpu_settings, start_image=workspace.input_name("start.png"),
-                               end_image=None, output_prefix=workspace.output_prefix, window=WINDOW)
+        bound = workflows.bind(request, image_size=(96, 64), settings=replace(cpu_settings, max_window_frames=WINDOW),
+                               start_image=workspace.input_name("start.png"), end_image=None, output_prefix=workspace.output_prefix)
         assert bound.used["segments"] == [5, 5] and bound.used["frames"] == FRAMES
         g = bound.graph
         windows = sorted((n for n, spec in g.items() if spec["class_type"] == "WanVideoDecode"), key=int)
