@@ -212,6 +212,10 @@ preflight_gpu() {
 provision_models() {
 	if [[ $MODELS == none ]]; then
 		log "MODELS=none: model provisioning skipped"
+		# Files already on the volume that a node pack reads from its own folder (the RIFE checkpoint) still
+		# get linked there; without the link the pack would download at run time.
+		run_step "$HANDLER_PYTHON" -m tenexa.provision --link-only ||
+			die 4 "linking model files into node packs failed (the lines above say why)"
 		return 0
 	fi
 	log "provisioning models (MODELS=$MODELS)"

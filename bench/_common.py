@@ -250,14 +250,14 @@ def comfy_install() -> tuple[Path, Path]:
 
 
 @contextmanager
-def real_comfyui(workdir: Path) -> Iterator[ComfyTarget]:
+def real_comfyui(workdir: Path, extra_args: tuple[str, ...] = ()) -> Iterator[ComfyTarget]:
     """A real ComfyUI on CPU (``--cpu``) on a free loopback port, stopped on exit."""
     root, python = comfy_install()
     port = free_port()
     log_path = workdir / "comfyui.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [str(python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"],
+            [str(python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch", *extra_args],
             cwd=root,
             stdout=log,
             stderr=subprocess.STDOUT,

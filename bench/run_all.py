@@ -8,6 +8,7 @@ Sections, in order (each also writes its own JSON in bench/results/):
   latency       import time and idle memory; test mode and diagnose latency (bench/latency.py)
   overhead      worker overhead per job: self-test on a real ComfyUI on CPU, generate on the protocol double (bench/overhead.py)
   gpu_generate  real Wan2.2 generations (bench/gpu_generate.py); skipped, with the reason, without an NVIDIA GPU
+  features      the added time of frame interpolation and of segment chaining per second of output, beside the base job (bench/features.py)
   cold_start    entrypoint.sh to a ready handler with a real ComfyUI on CPU (bench/cold_start.py)
   delivery      base64 / bucket delivery time and memory (bench/delivery.py)
   download      provisioner vs single-stream download (bench/download.py)
@@ -34,12 +35,13 @@ import _common
 import cold_start
 import delivery
 import download
+import features
 import gpu_generate
 import latency
 import overhead
 from _common import BenchmarkSkipped
 
-SECTIONS = ("latency", "overhead", "gpu_generate", "cold_start", "delivery", "download")
+SECTIONS = ("latency", "overhead", "gpu_generate", "features", "cold_start", "delivery", "download")
 
 # Repetitions per mode. The overhead cases keep >= 30 jobs even in --quick (the minimum).
 SIZES = {
@@ -50,6 +52,7 @@ SIZES = {
         "diagnose_jobs": 3,
         "overhead_jobs": 30,
         "selftest_api_jobs": 10,
+        "features_repeats": 1,
         "cold_start_runs": 1,
         "delivery_sizes": [5],
         "download": {"sizes": [32, 16], "caps": [0.0], "workers": 4, "repeat": 1},
@@ -61,6 +64,7 @@ SIZES = {
         "diagnose_jobs": 10,
         "overhead_jobs": 50,
         "selftest_api_jobs": 30,
+        "features_repeats": 3,
         "cold_start_runs": 2,
         "delivery_sizes": [5, 20, 60],
         "download": {"sizes": [96, 64, 48, 32], "caps": [0.0, 40.0], "workers": 4, "repeat": 2},
@@ -262,6 +266,25 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
             over("generate (double), in process", gen["in_process"])
         if "local_api" in gen:
             over("generate (double), via local API", gen["local_api"])
+    feat = (results.get("features") or {}).get("report")
+    if feat:
+        cases = feat["generate"]["cases"]
+        base = cases["base"]
+        for name, case in cases.items():
+            if name != "base":
+                add("features", f"generate 64x64 + {name} (tiny Wan, CPU)",
+                    f"{case['added_s_per_output_second']:+.2f} s per output s ({case['added_s']:+.2f} s)",
+                    f"base job {base['median_s']:.2f} s for {base['output_seconds']} s of video")
+        chain = feat["generate"].get("chaining")
+        if chain:
+            add("features", "17 frames as two chained windows (tiny Wan, CPU)",
+                f"{chain['added_s_per_output_second']:+.2f} s per output s ({chain['added_s']:+.2f} s)",
+                f"same clip in one window {chain['one_window_median_s']:.2f} s")
+        rife, ff = feat["rife_480p"], feat["ffmpeg_480p"]
+        add("features", "RIFE x2 at 832x480 (CPU)", f"{rife['added_s_per_output_second']:+.2f} s per output s",
+            f"graph without RIFE {rife['without_rife_median_s']:.2f} s")
+        add("features", "ffmpeg x2 at 832x480 (CPU)", f"{ff['added_s_per_output_second']:+.2f} s per output s",
+            f"plain H.264 encode {ff['plain_encode_median_s']:.2f} s")
     cold = (results.get("cold_start") or {}).get("report")
     if cold:
         for i, r in enumerate(cold["runs"], 1):
@@ -338,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tenexa-bench-") as tmp:
         run_latency_and_overhead(sections, size, Path(tmp))
     sections.run("gpu_generate", lambda: gpu_generate.run(args.comfy_url))
+    sections.run("features", lambda: features.run(size["features_repeats"]))
     sections.run("cold_start", lambda: cold_start.run(size["cold_start_runs"]))
     sections.run("delivery", lambda: delivery.run(size["delivery_sizes"]))
     dl = size["download"]

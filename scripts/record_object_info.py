@@ -3,10 +3,11 @@
 
     python scripts/record_object_info.py [--url http://127.0.0.1:8188] [--out tenexa/data/object_info.json]
 
-Records every class the shipped workflows use plus the classes the selftest graph uses, stamped with the
-ComfyUI version and the commits of ComfyUI and the node packs. Commits come from ``stack.lock``
-(KEY=value lines: COMFYUI_COMMIT, WANVIDEOWRAPPER_COMMIT, VHS_COMMIT, KJNODES_COMMIT) when it exists,
-else from the command-line flags. Record against a ComfyUI with no models installed, so the model
+Records every class the shipped workflows use, the classes binding may add to them (RIFE interpolation,
+the last-frame PNG, segment joins) and the classes the selftest graph uses, stamped with the ComfyUI
+version and the commits of ComfyUI and the node packs. Commits come from ``stack.lock`` (KEY=value lines:
+COMFYUI_COMMIT, WANVIDEOWRAPPER_COMMIT, VHS_COMMIT, KJNODES_COMMIT, FRAME_INTERPOLATION_COMMIT) when it
+has them, else from the command-line flags. Record against a ComfyUI with no models installed, so the model
 file listings in the file stay empty (the validator checks model names only against a live listing).
 
 Uses only ``requests`` and the standard library.
@@ -25,7 +26,7 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tenexa.workflows import required_classes  # noqa: E402 - after the sys.path line above
+from tenexa.workflows import ADDED_CLASSES, required_classes  # noqa: E402 - after the sys.path line above
 
 SELFTEST_CLASSES = ("LoadImage", "ImageScale", "RepeatImageBatch", "VHS_VideoCombine", "SaveVideo", "CreateVideo")
 LOCK_KEYS = {
@@ -33,6 +34,7 @@ LOCK_KEYS = {
     "WANVIDEOWRAPPER_COMMIT": "wanvideowrapper_commit",
     "VHS_COMMIT": "vhs_commit",
     "KJNODES_COMMIT": "kjnodes_commit",
+    "FRAME_INTERPOLATION_COMMIT": "frame_interpolation_commit",
 }
 
 
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if absent:
         parser.error(f"no stack.lock and no flags for {', '.join(absent)}")
 
-    classes = sorted(set(required_classes()) | set(SELFTEST_CLASSES))
+    classes = sorted(set(required_classes()) | set(ADDED_CLASSES) | set(SELFTEST_CLASSES))
     data = record(args.url.rstrip("/"), classes, stamp)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")

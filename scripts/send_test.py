@@ -28,6 +28,12 @@ import _client as client  # noqa: E402
 import requests  # noqa: E402
 from _client import ClientError, fmt_bytes, fmt_duration, say  # noqa: E402
 
+
+def quality_value(text: str) -> int | str:
+    """A preset name (high, medium, low) or a CRF number."""
+    return int(text) if text.strip().isdigit() else text
+
+
 # flag -> (input key, type, help). Only flags the user passes are sent; the worker fills in the rest.
 GENERATE_PARAMETERS = [
     ("--prompt", "prompt", str, "positive prompt"),
@@ -45,6 +51,12 @@ GENERATE_PARAMETERS = [
     ("--lora-low", "lora_low", str, "LoRA file for the low-noise expert"),
     ("--lora-high-strength", "lora_high_strength", float, "strength of --lora-high"),
     ("--lora-low-strength", "lora_low_strength", float, "strength of --lora-low"),
+    ("--resolution", "resolution", str, "480p, 580p or 720p (instead of --width/--height)"),
+    ("--aspect-ratio", "aspect_ratio", str, "auto, 16:9, 9:16 or 1:1; the image is centre-cropped to it"),
+    ("--interpolate", "interpolate", int, "frame interpolation: 2-4 times the frames (worker default 1, none)"),
+    ("--interpolator", "interpolator", str, "auto, rife or ffmpeg (worker default auto)"),
+    ("--codec", "codec", str, "h264 (MP4, default), h265 (MP4) or vp9 (WebM); name --output to match"),
+    ("--quality", "quality", quality_value, "high, medium, low, or a CRF number (lower is better)"),
 ]
 
 
@@ -70,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="any other input field; VALUE is parsed as JSON when it can be (repeatable)")
     result = parser.add_argument_group("result")
     result.add_argument("--output", "-o", default="result.mp4", metavar="PATH", help="where to write the MP4 (default result.mp4)")
+    result.add_argument("--last-frame", metavar="PATH", help="also ask for the clip's last frame and write it here as a PNG")
     result.add_argument("--dry-run", action="store_true", help="print the job input (images elided) and exit without sending")
     return parser
 
@@ -111,6 +124,8 @@ def build_input(args: argparse.Namespace) -> dict[str, Any]:
             job_input[key] = value
     if args.delivery:
         job_input["output"] = args.delivery
+    if args.last_frame:
+        job_input["return_last_frame"] = True
     job_input.update(parse_set(args.set))
     return job_input
 
@@ -162,20 +177,20 @@ def _write_atomically(path: Path, chunks: Any) -> int:
     return written
 
 
-def save_video(output: dict[str, Any], path: Path) -> int:
-    """Write the MP4 from ``video_base64`` or ``video_url``; return its size in bytes."""
-    if isinstance(output.get("video_base64"), str):
-        text = output["video_base64"]
+def save_video(output: dict[str, Any], path: Path, name: str = "video") -> int:
+    """Write the file from ``<name>_base64`` or ``<name>_url`` (the video, or the last frame); return its size."""
+    if isinstance(output.get(f"{name}_base64"), str):
+        text = output[f"{name}_base64"]
         if text.startswith("data:"):
             text = text.partition(",")[2]
         try:
             data = base64.b64decode(text, validate=False)
         except ValueError as exc:
-            raise ClientError("protocol", f"video_base64 is not valid base64: {exc}") from None
+            raise ClientError("protocol", f"{name}_base64 is not valid base64: {exc}") from None
         return _write_atomically(path, [data])
-    url = output.get("video_url")
+    url = output.get(f"{name}_url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ClientError("protocol", "no video_base64 or video_url in the output")
+        raise ClientError("protocol", f"no {name}_base64 or {name}_url in the output")
     try:
         # A plain GET: the bucket must never see the RunPod API key.
         with requests.get(url, stream=True, timeout=(10, 120), headers={"User-Agent": client.USER_AGENT}) as response:
@@ -263,10 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.output).expanduser()
     size = save_video(output, path)
     sha_check = verify_sha256(output, path)
+    if args.last_frame:
+        frame_path = Path(args.last_frame).expanduser()
+        save_video(output, frame_path, "last_frame")
     if args.json:
         client.print_json(elide_images(reply))
     else:
         report_success(reply, path, size, sha_check, elapsed)
+        if args.last_frame:
+            say(f"  {'last frame':<11} {frame_path}")
     return client.EXIT_OK
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import requests
 import websocket
@@ -168,6 +169,14 @@ class ComfyClient:
         resp = self._get("/object_info", timeout=timeout)
         resp.raise_for_status()
         return resp.json()
+
+    def has_node(self, class_type: str, timeout: float = 5.0) -> bool:
+        """Whether ComfyUI serves ``class_type`` (one class's ``/object_info``, not the 2 MB listing)."""
+        try:
+            resp = self._get(f"/object_info/{quote(class_type, safe='')}", timeout=timeout)
+            return resp.status_code == 200 and class_type in resp.json()
+        except (requests.RequestException, ValueError):
+            return False
 
     def cached_object_info(self, max_age: float = OBJECT_INFO_MAX_AGE, *, refresh: bool = False) -> tuple[dict, float]:
         """``/object_info`` and its age in seconds, fetched again after ``max_age`` or when asked (``refresh``).

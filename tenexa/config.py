@@ -56,6 +56,7 @@ SETTINGS: dict[str, Spec] = {
     "lora_model_dim": Spec("LORA_MODEL_DIM", int, 5120, "hidden size a LoRA must fit: 5120 for the Wan2.2-A14B experts (tests use tiny models)"),
     "max_window_frames": Spec("MAX_WINDOW_FRAMES", int, 81, "most frames one generation window may have (4n+1, 5-241); Wan2.2 is trained at 81 and drifts back to the first frame beyond"),
     "max_latent_tokens": Spec("MAX_LATENT_TOKENS", int, 75_600, "latent-token budget of one window, ((frames-1)/4+1) x (W/16) x (H/16); 75600 = 1280x720 at 81 frames"),
+    "max_frames": Spec("MAX_FRAMES", int, 321, "longest clip one job may ask for (4n+1, up to 1021); longer than MAX_WINDOW_FRAMES is generated as consecutive windows; 321 = 20 s at 16 fps"),
     "max_response_mb": Spec("MAX_RESPONSE_MB", float, 15.0, "largest JSON response; a bigger base64 video goes to the bucket or fails OUTPUT_TOO_LARGE"),
     "bucket_endpoint_url": Spec("BUCKET_ENDPOINT_URL", str, "", "S3-compatible endpoint for output=url (empty: no bucket)"),
     "bucket_access_key_id": Spec("BUCKET_ACCESS_KEY_ID", str, "", "bucket access key (never logged)"),
@@ -103,6 +104,7 @@ class Settings:
     lora_model_dim: int
     max_window_frames: int
     max_latent_tokens: int
+    max_frames: int
     max_response_mb: float
     bucket_endpoint_url: str
     bucket_access_key_id: str

@@ -46,13 +46,18 @@ def response_budget_bytes(settings: Settings) -> int:
     return int(settings.max_response_mb * BYTES_PER_MB)
 
 
-def fits_inline(size_bytes: int, settings: Settings) -> bool:
-    """Whether a video of this size can travel as base64 inside the JSON response."""
-    return base64_length(size_bytes) + JSON_HEADROOM_BYTES <= response_budget_bytes(settings)
+def fits_inline(size_bytes: int, settings: Settings, extra_bytes: int = 0) -> bool:
+    """Whether a video of this size can travel as base64 inside the JSON response (beside ``extra_bytes``)."""
+    return base64_length(size_bytes) + extra_bytes + JSON_HEADROOM_BYTES <= response_budget_bytes(settings)
 
 
-def deliver(video_path: Path, *, job_id: str, mode: str, settings: Settings, sha256: str | None = None) -> dict:
-    """Return the response fields that carry the video (``delivery`` says which way it went)."""
+def deliver(video_path: Path, *, job_id: str, mode: str, settings: Settings, sha256: str | None = None,
+            content_type: str = "video/mp4", extra_bytes: int = 0) -> dict:
+    """Return the response fields that carry the video (``delivery`` says which way it went).
+
+    ``extra_bytes`` is what else the response carries inline (the last frame's base64): base64 delivery
+    only happens when the video fits beside it.
+    """
     if mode not in DELIVERY_MODES:
         raise TenexaError(ErrorCode.INVALID_INPUT, f"output: expected one of {', '.join(DELIVERY_MODES)}, got {mode!r}")
     video_path = Path(video_path)
@@ -62,16 +67,16 @@ def deliver(video_path: Path, *, job_id: str, mode: str, settings: Settings, sha
         raise TenexaError(ErrorCode.INTERNAL_ERROR, f"cannot read the finished video: {exc.strerror}") from None
 
     if mode == "url":
-        return upload_and_link(video_path, job_id=job_id, settings=settings, sha256=sha256)
+        return upload_and_link(video_path, job_id=job_id, settings=settings, sha256=sha256, content_type=content_type)
 
-    if fits_inline(size, settings):
+    if fits_inline(size, settings, extra_bytes):
         return encode_inline(video_path, sha256=sha256)
 
     budget_mb = settings.max_response_mb
     size_text = f"{size / BYTES_PER_MB:.1f} MB ({base64_length(size) / BYTES_PER_MB:.1f} MB as base64)"
     if settings.bucket_configured:
         log.info("job %s: video of %s exceeds MAX_RESPONSE_MB=%g, delivering by URL", job_id, size_text, budget_mb)
-        result = upload_and_link(video_path, job_id=job_id, settings=settings, sha256=sha256)
+        result = upload_and_link(video_path, job_id=job_id, settings=settings, sha256=sha256, content_type=content_type)
         result["delivery_note"] = (
             f"output=base64 was requested, but the video is {size_text}, over the {budget_mb:g} MB response "
             "budget (MAX_RESPONSE_MB); delivered as a URL instead"
@@ -163,6 +168,14 @@ def encode_inline(video_path: Path, *, sha256: str | None = None) -> dict:
 
 
 # --- bucket ---------------------------------------------------------------------------------------------
+
+
+def deliver_image(image_path: Path, *, name: str, job_id: str, video_delivery: str, settings: Settings) -> dict:
+    """A PNG beside the video, the way the video went: ``<name>_base64`` inline, or ``<name>_url`` from the bucket."""
+    if video_delivery == "url":
+        linked = upload_and_link(image_path, job_id=job_id, settings=settings, content_type="image/png")
+        return {f"{name}_url": linked["video_url"], f"{name}_object_key": linked["object_key"]}
+    return {f"{name}_base64": binascii.b2a_base64(image_path.read_bytes(), newline=False).decode("ascii")}
 
 
 def upload_and_link(video_path: Path, *, job_id: str, settings: Settings, sha256: str | None = None,

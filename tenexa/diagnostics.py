@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tenexa import custom, files, lora_cache, manifest, validator, workflows
+from tenexa import custom, files, interpolation, lora_cache, manifest, validator, workflows
 from tenexa.comfy import ComfyClient
 from tenexa.config import REPO_ROOT, Settings
 from tenexa.errors import TenexaError
@@ -19,7 +19,7 @@ from tenexa.images import normalize_image
 from tenexa.pipeline import run_graph
 from tenexa.workspace import JobWorkspace
 
-MODEL_FOLDERS = ("diffusion_models", "unet", "text_encoders", "clip", "vae", "loras")
+MODEL_FOLDERS = ("diffusion_models", "unet", "text_encoders", "clip", "vae", "loras", "frame_interpolation")
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 SELFTEST_GRAPH = Path(__file__).parent / "data" / "selftest_api.json"
 SELFTEST_IMAGE = REPO_ROOT / "example_image.png"
@@ -77,15 +77,17 @@ def model_file(settings: Settings, entry: manifest.ModelEntry) -> Path | None:
 
 def _manifest_report(settings: Settings, *, verify_hashes: bool = False) -> dict:
     """Each manifest file: present, missing, or present with the wrong size (a truncated or different file
-    under the right name). With ``verify_hashes`` the files whose sha256 the manifest knows are hashed too
+    under the right name); an ``optional`` entry's absence is ``optional_missing`` and leaves ``ok`` alone. With
+    ``verify_hashes`` the files whose sha256 the manifest knows are hashed too
     (minutes for the 30 GB of experts, hence only on request)."""
-    report: dict[str, Any] = {"present": [], "missing": [], "wrong_size": []}
+    report: dict[str, Any] = {"present": [], "missing": [], "wrong_size": [], "optional_missing": []}
     if verify_hashes:
         report.update(verified=[], hash_mismatch=[], unverifiable=[])
     for entry in manifest.load_manifest():
         path = model_file(settings, entry)
         if path is None:
-            report["missing"].append({"name": entry.name, "folder": entry.folder, "file": entry.file})
+            report["optional_missing" if entry.optional else "missing"].append({"name": entry.name, "folder": entry.folder,
+                                                                                 "file": entry.file})
             continue
         size = path.stat().st_size
         if entry.size is not None and size != entry.size:
@@ -153,6 +155,15 @@ def _host_memory_report(settings: Settings, stats: dict) -> dict:
     else:
         report.update(ok=True)
     return report
+
+
+def _interpolation_report(settings: Settings, object_info: dict | None) -> dict:
+    """Whether jobs with ``interpolate`` get RIFE or the ffmpeg fallback, and why."""
+    checkpoint = interpolation.rife_checkpoint(settings.comfy_root)
+    node = None if object_info is None else interpolation.RIFE_CLASS in object_info
+    ready = checkpoint.is_file() and node is True
+    return {"rife_checkpoint": str(checkpoint), "rife_checkpoint_present": checkpoint.is_file(), "rife_node_available": node,
+            "auto_uses": interpolation.RIFE if ready else interpolation.FFMPEG}
 
 
 def _selftest_classes() -> set[str]:
@@ -235,6 +246,7 @@ def diagnose(settings: Settings, client: ComfyClient, *, selftest: bool = False,
         "host_memory": _host_memory_report(settings, system),
         "node_check": node_check,
         "workflow_checks": _workflow_checks(settings, object_info),
+        "interpolation": _interpolation_report(settings, object_info),
         "settings": workflows.runtime_report(settings),
         "lora_cache": lora_cache.LoraCache.from_settings(settings).report(),
         "custom_workflows": custom.settings_report(settings),

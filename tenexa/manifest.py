@@ -3,6 +3,16 @@
 One entry per file: which ComfyUI model folder it goes in, its file name there (the name the workflows
 use), where to download it, its size and sha256 where known, and which workflows need it. The downloader,
 diagnose and the tests all read this file; it is the single truth for model names.
+
+Two optional keys serve files that only some jobs use:
+- ``optional: true``: no shipped workflow needs the file (its ``workflows`` may be empty); diagnose lists it
+  as ``optional_missing`` when absent without calling the worker unhealthy (e.g. the RIFE checkpoint: without
+  it, interpolation falls back to ffmpeg).
+- ``pack_path``: for a node pack that reads its weights from its own folder instead of ComfyUI's model
+  folders (ComfyUI-Frame-Interpolation reads ``ckpts/<model>/<file>`` and downloads from GitHub at run time
+  when the file is not there). The file still lives at ``models/<folder>/<file>`` on the volume or in the
+  image; the provisioner links it to ``COMFY_ROOT/<pack_path>``, and the worker checks that path before it
+  submits a graph that needs it.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from typing import Any
 from tenexa.config import REPO_ROOT
 
 MANIFEST_PATH = REPO_ROOT / "models.json"
-FOLDERS = ("diffusion_models", "vae", "loras", "text_encoders")
+FOLDERS = ("diffusion_models", "vae", "loras", "text_encoders", "frame_interpolation")
 
 # The Lightning (Seko-V1, 4-step) LoRAs a request gets when it names none; one per expert.
 DEFAULT_LORA_HIGH_ENTRY = "lightning-i2v-a14b-high"
@@ -36,6 +46,8 @@ class ModelEntry:
     size: int | None
     sha256: str | None
     workflows: tuple[str, ...]
+    optional: bool = False
+    pack_path: str | None = None  # below COMFY_ROOT, where a node pack looks for the file
 
     @property
     def relative_path(self) -> str:
@@ -47,8 +59,11 @@ def _entry(raw: Any, index: int, allow_http: bool = False) -> ModelEntry:
     where = f"models[{index}]"
     if not isinstance(raw, dict):
         raise ManifestError(f"{where}: must be an object")
+    optional = raw.get("optional", False)
+    if not isinstance(optional, bool):
+        raise ManifestError(f"{where}.optional: must be true or false")
     for key, kind in (("name", str), ("folder", str), ("file", str), ("url", str), ("workflows", list)):
-        if not isinstance(raw.get(key), kind) or not raw.get(key):
+        if not isinstance(raw.get(key), kind) or (not raw.get(key) and not (key == "workflows" and optional)):
             raise ManifestError(f"{where}.{key}: must be a non-empty {kind.__name__}")
     if raw["folder"] not in FOLDERS:
         raise ManifestError(f"{where}.folder: {raw['folder']!r} is not one of {', '.join(FOLDERS)}")
@@ -63,7 +78,13 @@ def _entry(raw: Any, index: int, allow_http: bool = False) -> ModelEntry:
         raise ManifestError(f"{where}.sha256: must be 64 lowercase hex digits or null")
     if not all(isinstance(w, str) and w for w in raw["workflows"]):
         raise ManifestError(f"{where}.workflows: must list workflow names")
-    return ModelEntry(raw["name"], raw["folder"], raw["file"], raw["url"], size, sha, tuple(raw["workflows"]))
+    pack_path = raw.get("pack_path")
+    if pack_path is not None and (
+        not isinstance(pack_path, str) or not pack_path.startswith("custom_nodes/") or ".." in pack_path.split("/")
+        or not pack_path.endswith("/" + raw["file"])
+    ):
+        raise ManifestError(f"{where}.pack_path: must be custom_nodes/<pack>/.../{raw['file']} without '..'")
+    return ModelEntry(raw["name"], raw["folder"], raw["file"], raw["url"], size, sha, tuple(raw["workflows"]), optional, pack_path)
 
 
 def parse_manifest(data: Any, *, allow_http: bool = False) -> tuple[ModelEntry, ...]:

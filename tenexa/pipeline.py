@@ -87,6 +87,18 @@ def describe_execution_error(error: dict) -> str:
     return f"node {node} ({node_type}) failed: {exc_type}: {message}"
 
 
+def fetch_image(client: ComfyClient, run: PromptResult, node: str, workspace: JobWorkspace) -> Path:
+    """Download the first image node ``node`` saved (e.g. the last frame) into the job's scratch folder."""
+    images = ((run.history.get("outputs") or {}).get(node) or {}).get("images") or []
+    item = images[0] if images and isinstance(images[0], dict) and images[0].get("filename") else None
+    if item is None:
+        raise TenexaError(ErrorCode.NO_OUTPUT, f"ComfyUI finished without the image of node {node}")
+    output = OutputFile(node, item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+    path = workspace.scratch / PurePosixPath(output.filename).name
+    client.download(output, path)
+    return path
+
+
 def execute_graph(
     client: ComfyClient,
     graph: dict,

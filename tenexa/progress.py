@@ -5,7 +5,8 @@ Payload (one JSON object per update)::
     {"phase": "sampling_high", "step": 3, "total": 10, "percent": 31.2, "eta_s": 140.5, "node": "220"}
 
 Phases, in the order a job normally passes them: uploading, queued, loading_models, sampling_high,
-sampling_low, decoding, encoding, delivering. ``loading_models`` covers everything ComfyUI runs before a
+sampling_low, decoding, interpolating (only with ``interpolate`` > 1: the RIFE node in the graph, or the
+worker's ffmpeg pass after it), encoding, delivering. ``loading_models`` covers everything ComfyUI runs before a
 sampler's first step (loaders, text and image encoding, a sampler loading its expert's weights), so it
 comes back between the two samplers while the low-noise expert loads. ``step``/``total`` are the current
 node's progress bar (for a sampler: the denoising step within that expert's share of the steps), ``None``
@@ -41,10 +42,11 @@ PHASES = (
     "sampling_high",
     "sampling_low",
     "decoding",
+    "interpolating",
     "encoding",
     "delivering",
 )
-WORKER_PHASES = ("uploading", "queued", "delivering")
+WORKER_PHASES = ("uploading", "queued", "interpolating", "delivering")
 
 # Overall percent at which each phase starts and ends. Sampling dominates a Wan job's wall time; the
 # sampling band is shared by the graph's samplers in proportion to their steps.
@@ -53,7 +55,8 @@ PHASE_BANDS: dict[str, tuple[float, float]] = {
     "queued": (1.0, 2.0),
     "loading_models": (2.0, 10.0),
     "sampling": (10.0, 90.0),
-    "decoding": (90.0, 96.0),
+    "decoding": (90.0, 94.0),
+    "interpolating": (94.0, 96.0),
     "encoding": (96.0, 98.0),
     "delivering": (98.0, 100.0),
 }
@@ -70,7 +73,10 @@ LOADER_CLASSES = frozenset(
 )
 SAMPLER_CLASSES = frozenset({"WanVideoSampler"})
 DECODER_CLASSES = frozenset({"WanVideoDecode", "VAEDecode", "VAEDecodeTiled"})
+INTERPOLATOR_CLASSES = frozenset({"RIFE VFI", "FILM VFI"})
 ENCODER_CLASSES = frozenset({"VHS_VideoCombine", "SaveVideo", "CreateVideo"})
+# The phase each of these node roles reports.
+ROLE_PHASES = {"decoder": "decoding", "interpolator": "interpolating", "encoder": "encoding"}
 
 # A sampler's progress bar whose max is not one of its step counts is the weight-load bar (one tick per
 # tensor). When the step count is not a literal we can resolve, bars longer than this count as loading.
@@ -95,6 +101,7 @@ class Sampler:
     phase: str  # sampling_high or sampling_low
     step_counts: frozenset[int]  # bar maxima that mean "denoising steps"; empty when unknown
     band: tuple[float, float]
+    segment: int = 1  # which window of a clip generated in consecutive windows
 
 
 class GraphPlan:
@@ -104,6 +111,8 @@ class GraphPlan:
         self.graph = graph if isinstance(graph, dict) else {}
         self.loaders: set[str] = set()
         self.decoders: set[str] = set()
+        self.segment_decoders: set[str] = set()  # decodes of a window that later windows start from
+        self.interpolators: set[str] = set()
         self.encoders: set[str] = set()
         self.samplers: dict[str, Sampler] = {}
         sampler_steps: dict[str, tuple[str, frozenset[int], int | None]] = {}
@@ -119,9 +128,15 @@ class GraphPlan:
                 sampler_steps[node_id] = (phase, counts, segment)
             elif class_type in DECODER_CLASSES:
                 self.decoders.add(node_id)
+            elif class_type in INTERPOLATOR_CLASSES:
+                self.interpolators.add(node_id)
             elif class_type in ENCODER_CLASSES:
                 self.encoders.add(node_id)
+        self._upstream_cache: dict[str, frozenset[str]] = {}
         self._assign_sampling_bands(sampler_steps)
+        feeding_samplers = set().union(*(self._upstream(n) for n in self.samplers)) if self.samplers else set()
+        self.segment_decoders = self.decoders & feeding_samplers
+        self.segments = sum(1 for sampler in self.samplers.values() if sampler.phase == "sampling_high") or 1
 
     def role(self, node_id: str | None) -> str | None:
         if node_id is None:
@@ -130,8 +145,12 @@ class GraphPlan:
             return "sampler"
         if node_id in self.loaders:
             return "loader"
+        if node_id in self.segment_decoders:
+            return "segment_decoder"
         if node_id in self.decoders:
             return "decoder"
+        if node_id in self.interpolators:
+            return "interpolator"
         if node_id in self.encoders:
             return "encoder"
         return None
@@ -161,14 +180,14 @@ class GraphPlan:
         if not sampler_steps:
             return
 
-        def depth(node_id: str, hops: int = 0) -> int:
-            # How many samplers come before this one along the `samples` links.
-            node = self.graph.get(node_id, {})
-            link = node.get("inputs", {}).get("samples") if isinstance(node, dict) else None
-            if not _is_link(link) or hops > 16:
-                return 0
-            upstream = str(link[0])
-            return depth(upstream, hops + 1) + (1 if upstream in sampler_steps else 0)
+        def depth(node_id: str) -> int:
+            # How many samplers run before this one: the LOW expert after its HIGH, a later window after the
+            # earlier windows it starts from (through the decode, the last frame and the encode).
+            return len(self._upstream(node_id) & set(sampler_steps))
+
+        def segment(node_id: str) -> int:
+            highs = {n for n, (phase, _, _) in sampler_steps.items() if phase == "sampling_high"}
+            return len((self._upstream(node_id) | {node_id}) & highs) or 1
 
         order = sorted(sampler_steps, key=lambda n: (depth(n), _numeric_key(n)))
         known = [seg for _, _, seg in sampler_steps.values() if seg]
@@ -180,8 +199,22 @@ class GraphPlan:
         for node_id, weight in zip(order, weights, strict=True):
             end = start + (hi - lo) * weight / total
             phase, counts, _ = sampler_steps[node_id]
-            self.samplers[node_id] = Sampler(phase, counts, (start, end))
+            self.samplers[node_id] = Sampler(phase, counts, (start, end), segment(node_id))
             start = end
+
+    def _upstream(self, node_id: str) -> frozenset[str]:
+        """Every node ``node_id`` depends on through its links (not itself)."""
+        if node_id not in self._upstream_cache:
+            found: set[str] = set()
+            stack = [node_id]
+            while stack:
+                node = self.graph.get(stack.pop())
+                for value in (node.get("inputs", {}) if isinstance(node, dict) else {}).values():
+                    if _is_link(value) and str(value[0]) not in found and str(value[0]) in self.graph:
+                        found.add(str(value[0]))
+                        stack.append(str(value[0]))
+            self._upstream_cache[node_id] = frozenset(found - {node_id})
+        return self._upstream_cache[node_id]
 
     def is_weight_load_bar(self, node_id: str, bar_max: int) -> bool:
         counts = self.samplers[node_id].step_counts
@@ -233,6 +266,7 @@ class ProgressReporter:
         self._total: int | None = None
         self._node: str | None = None
         self._percent = 0.0
+        self._segment = 1
         self._loaders_started: set[str] = set()
         self._samplers_loading: set[str] = set()
         self._load_bar_fraction = 0.0
@@ -242,7 +276,7 @@ class ProgressReporter:
     # --- inputs ---------------------------------------------------------------------------------------
 
     def phase(self, name: str) -> None:
-        """A worker-side phase: uploading, queued or delivering."""
+        """A worker-side phase: uploading, queued, interpolating (the ffmpeg fallback) or delivering."""
         try:
             with self._lock:
                 if self._closed:
@@ -330,9 +364,13 @@ class ProgressReporter:
                 self._step = self._total = None
             else:
                 self._enter(self._plan.samplers[node].phase, node=node)
+                self._segment = self._plan.samplers[node].segment
                 self._raise_percent(self._plan.samplers[node].band[0])
-        elif role in ("decoder", "encoder"):
-            self._enter("decoding" if role == "decoder" else "encoding", node=node)
+        elif role == "segment_decoder":
+            # A window's decode in the middle of the sampling band: later windows start from it.
+            self._phase, self._node, self._step, self._total = "decoding", node, None, None
+        elif role in ROLE_PHASES:
+            self._enter(ROLE_PHASES[role], node=node)
             self._raise_percent(PHASE_BANDS[self._phase][0])
         else:
             self._node = node
@@ -357,6 +395,7 @@ class ProgressReporter:
                 return True
             if self._phase != sampler.phase:
                 self._enter(sampler.phase, node=node)
+            self._segment = sampler.segment
             self._node, self._step, self._total = node, value, bar_max
             lo, hi = sampler.band
             self._raise_percent(lo + (hi - lo) * fraction)
@@ -364,8 +403,8 @@ class ProgressReporter:
                 self._sampling_started_at = self._clock()
                 self._percent_at_sampling_start = self._percent
             return True
-        if role in ("decoder", "encoder"):
-            phase = "decoding" if role == "decoder" else "encoding"
+        if role in ROLE_PHASES:
+            phase = ROLE_PHASES[role]
             if self._phase != phase:
                 self._enter(phase, node=node)
             self._node, self._step, self._total = node, value, bar_max
@@ -404,8 +443,8 @@ class ProgressReporter:
         return round(max(0.0, (100.0 - self._percent) * elapsed / gained), 1)
 
     def payload(self) -> dict:
-        """The update as it would be sent now."""
-        return {
+        """The update as it would be sent now (with ``segment``/``segments`` when the clip has several windows)."""
+        payload = {
             "phase": self._phase,
             "step": self._step,
             "total": self._total,
@@ -413,6 +452,9 @@ class ProgressReporter:
             "eta_s": self._eta(self._clock()),
             "node": self._node,
         }
+        if self._plan.segments > 1:
+            payload.update(segment=self._segment, segments=self._plan.segments)
+        return payload
 
     # --- sending ----------------------------------------------------------------------------------------
 

@@ -17,8 +17,14 @@ parallelism from downloading several files at once instead (see ``bench/download
 ``HF_TOKEN`` is sent as a Bearer token only to huggingface.co / hf.co hosts; ``requests`` drops it when the
 Hub redirects to its CDN on another host.
 
-Run: ``python -m tenexa.provision [--models all|none|name,name] [--dest ROOT] [--check]``. Exit status 0 when
-every selected file is present afterwards, 1 when any is not (one line per failure), 2 for usage errors.
+Entries with a ``pack_path`` (files a node pack reads from its own folder, e.g. the RIFE checkpoint) are then
+linked from wherever they were found to ``COMFY_ROOT/<pack_path>``, for every entry of the manifest whatever
+``--models`` selected (``--link-only`` does just that). An ``optional`` entry that cannot be provisioned is
+a warning, not a failure: the feature that needs it falls back (interpolation uses ffmpeg).
+
+Run: ``python -m tenexa.provision [--models all|none|name,name] [--dest ROOT] [--check] [--link-only]``. Exit
+status 0 when every selected non-optional file is present afterwards, 1 when any is not (one line per
+failure), 2 for usage errors.
 """
 
 from __future__ import annotations
@@ -78,7 +84,8 @@ class Report:
 
     @property
     def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status in ("failed", "missing")]
+        """Required files that are not there; an optional entry's absence only disables what needs it."""
+        return [o for o in self.outcomes if o.status in ("failed", "missing") and not o.entry.optional]
 
     @property
     def downloaded_bytes(self) -> int:
@@ -360,6 +367,41 @@ def provision(
     return report
 
 
+def link_pack_files(entries: Sequence[ModelEntry], *, comfy_root: Path, search_roots: Sequence[Path]) -> list[Path]:
+    """Link each entry with a ``pack_path`` to its first copy under ``search_roots``; returns the links made.
+
+    A link that points elsewhere or at nothing is replaced (or removed when no copy exists, so that the worker
+    sees the file as absent instead of letting the pack download it). A real file already at the pack path
+    is left alone. Nothing happens when the node pack itself is not installed.
+    """
+    linked = []
+    for entry in entries:
+        if entry.pack_path is None:
+            continue
+        target = Path(comfy_root) / entry.pack_path
+        pack = Path(comfy_root).joinpath(*Path(entry.pack_path).parts[:2])
+        if not pack.is_dir():
+            log.info("%s: node pack %s is not installed; nothing to link", entry.name, pack.name)
+            continue
+        found = find_existing(entry, search_roots)
+        if target.is_symlink():
+            if found is not None and target.resolve() == found.resolve():
+                continue
+            target.unlink()
+        elif target.exists():
+            log.info("%s: %s is a file of its own; left as it is", entry.name, target)
+            continue
+        if found is None:
+            log.info("%s: not found under models/%s/ of %s; %s", entry.name, entry.folder,
+                     ", ".join(map(str, search_roots)), "optional, so its feature falls back" if entry.optional else "missing")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(found.resolve())
+        log.info("%s: linked %s -> %s", entry.name, target, found)
+        linked.append(target)
+    return linked
+
+
 def _part_size(final: Path) -> int:
     part = final.with_name(final.name + PART_SUFFIX)
     return part.stat().st_size if part.exists() else 0
@@ -383,6 +425,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=int(env.get("PROVISION_WORKERS") or 4), help="files downloaded at once")
     p.add_argument("--check", action="store_true", help="only report what is present; exit 1 if anything is missing")
+    p.add_argument("--link-only", action="store_true", help="only link files that node packs read from their own folders")
     return p
 
 
@@ -391,14 +434,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s provision %(levelname)s %(message)s")
     try:
-        entries = select(load_manifest(args.manifest), args.models)
+        manifest = load_manifest(args.manifest)
+        entries = [] if args.link_only else select(manifest, args.models)
     except ProvisionError as exc:
         log.error("%s", exc)
         return 2
-    if not entries:
-        log.info("no models selected (MODELS=%s)", args.models)
-        return 0
     dest = args.dest or args.comfy_root
+    roots = list(dict.fromkeys([dest, args.comfy_root, args.volume_root]))
+    if not entries:
+        if not args.link_only:
+            log.info("no models selected (MODELS=%s)", args.models)
+        link_pack_files(manifest, comfy_root=args.comfy_root, search_roots=roots)
+        return 0
     report = provision(
         entries,
         dest_root=dest,
@@ -421,6 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         for o in report.failed:
             log.error("%s", o.error)
+    for o in report.outcomes:
+        if o.entry.optional and o.status in ("failed", "missing"):
+            log.warning("optional model %s not provisioned: %s", o.entry.name, o.error or "missing")
+    if not args.check:
+        link_pack_files(manifest, comfy_root=args.comfy_root, search_roots=roots)
     return 1 if report.failed else 0
 
 

@@ -13,12 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenexa import wan
+from tenexa import formats, wan
 from tenexa.errors import ErrorCode, TenexaError, invalid
 from tenexa.schedules import SCHEDULERS
 
 WORKFLOW_NAMES = ("wan22_i2v", "flf2v")
 OUTPUT_MODES = ("base64", "url")
+RESOLUTIONS = tuple(wan.RESOLUTIONS)
+ASPECT_RATIOS = (wan.AUTO_ASPECT, *wan.ASPECT_RATIOS)
+INTERPOLATORS = ("auto", "rife", "ffmpeg")
+MAX_INTERPOLATE = 4  # output frames per generated frame; 4x of 16 fps is 64 fps
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**53 - 1  # exact in JSON doubles, and within WanVideoSampler's 0..2**64-1
 MAX_IMAGE_TEXT = 40 * 1024 * 1024  # base64 characters; the decoded size is checked against MAX_IMAGE_BYTES later
@@ -86,6 +90,14 @@ class GenerateRequest:
     lora_high_strength: float
     lora_low_strength: float
     output: str
+    resolution: str | None = None
+    aspect_ratio: str | None = None
+    interpolate: int = 1
+    interpolator: str = "auto"
+    adjust_fps_for_interpolation: bool = True
+    codec: str = formats.DEFAULT_CODEC
+    quality: str | int = formats.DEFAULT_QUALITY
+    return_last_frame: bool = False
     loras: tuple[LoraRef, ...] = field(default=())
     ignored_keys: tuple[str, ...] = field(default=())
 
@@ -169,13 +181,49 @@ def _literal_prompt(text: str, name: str) -> str:
     return text
 
 
-def _choice(data: Mapping[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
+def _choice(data: Mapping[str, Any], name: str, default: str | None, choices: tuple[str, ...]) -> str | None:
     value = data.get(name)
     if value is None:
         return default
     if not isinstance(value, str) or value not in choices:
         raise invalid(name, f"must be one of {', '.join(choices)}, got {value!r}"[:300])
     return value
+
+
+def _flag(data: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise invalid(name, f"must be true or false, got {type(value).__name__}")
+    return value
+
+
+def _quality(data: Mapping[str, Any], codec: str) -> str | int:
+    """A preset name, or a raw CRF in the codec's own range (lower is better)."""
+    value = data.get("quality")
+    if value is None:
+        return formats.DEFAULT_QUALITY
+    if isinstance(value, str):
+        return _choice(data, "quality", formats.DEFAULT_QUALITY, formats.QUALITY_PRESETS)
+    crf_max = formats.video_format(codec).crf_max
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise invalid("quality", f"must be a preset ({', '.join(formats.QUALITY_PRESETS)}) or a CRF 0..{crf_max}, "
+                                 f"got {type(value).__name__}")
+    return _int(data, "quality", 0, 0, crf_max)
+
+
+def _size(data: Mapping[str, Any]) -> tuple[int | None, int | None, str | None, str | None]:
+    """(width, height, resolution, aspect_ratio): presets are an alternative to an explicit size."""
+    width = _int(data, "width", None, wan.MIN_SIDE, wan.MAX_SIDE)
+    height = _int(data, "height", None, wan.MIN_SIDE, wan.MAX_SIDE)
+    resolution = _choice(data, "resolution", None, RESOLUTIONS)
+    aspect = _choice(data, "aspect_ratio", None, ASPECT_RATIOS)
+    if resolution is not None and (width is not None or height is not None):
+        raise invalid("resolution", "give either resolution (with aspect_ratio) or width/height, not both")
+    if aspect is not None and width is not None and height is not None:
+        raise invalid("aspect_ratio", "width and height already fix the aspect; give at most one of them with aspect_ratio")
+    return width, height, resolution, aspect
 
 
 def _model_name(data: Mapping[str, Any], name: str) -> str | None:
@@ -263,7 +311,8 @@ KNOWN_KEYS = frozenset({
     "image_base64", "image_url", "end_image_base64", "end_image_url", "workflow", "prompt", "negative_prompt",
     "seed", "steps", "cfg", "cfg_low", "frames", "length", "width", "height", "fps", "shift", "scheduler",
     "lora_high", "lora_low", "lora_high_strength", "lora_low_strength", "lora_name", "lora_strength", "loras", "output",
-    "test", "diagnose", "selftest", "warmup", "verify_hashes",
+    "test", "diagnose", "selftest", "warmup", "verify_hashes", "resolution", "aspect_ratio", "interpolate", "interpolator",
+    "adjust_fps_for_interpolation", "codec", "quality", "return_last_frame",
 })
 
 
@@ -281,11 +330,12 @@ def _expert_loras(data: Mapping[str, Any]) -> tuple[str | None, str | None, floa
     return name, name, strength, strength
 
 
-def parse_generate(job_input: Any, *, rng: random.Random | None = None, max_frames: int = wan.MAX_FRAMES) -> GenerateRequest:
+def parse_generate(job_input: Any, *, rng: random.Random | None = None, max_frames: int = wan.DEFAULT_CLIP_FRAMES) -> GenerateRequest:
     """Validate a generate request; raise ``TenexaError`` naming the first bad field.
 
-    ``max_frames`` is the worker's window (MAX_WINDOW_FRAMES): longer requests are refused here, before any
-    image is fetched. The size budget needs the image's aspect ratio and is checked when binding.
+    ``max_frames`` is the longest clip the worker makes (MAX_FRAMES): longer requests are refused here, before
+    any image is fetched. A clip longer than one window becomes consecutive windows when it is bound; the
+    window and size budget need the image's aspect ratio and are checked then.
     """
     if not isinstance(job_input, Mapping):
         raise invalid("input", f"must be a JSON object, got {type(job_input).__name__}")
@@ -306,16 +356,17 @@ def parse_generate(job_input: Any, *, rng: random.Random | None = None, max_fram
     if "frames" in job_input and "length" in job_input and job_input["frames"] != job_input["length"]:
         raise invalid("frames", "frames and its alias length disagree")
     frames_key = "frames" if "frames" in job_input else "length"
-    frames = _int({frames_key: job_input.get(frames_key)}, frames_key, wan.DEFAULT_WINDOW_FRAMES, wan.MIN_FRAMES, wan.MAX_FRAMES)
-    try:
-        wan.check_window_frames(wan.fit_frames(frames), max_frames)
-    except wan.WindowError as exc:
-        rounded = f"{frames} rounds to " if wan.fit_frames(frames) != frames else ""
-        raise invalid(frames_key, rounded + str(exc)) from None
+    frames = _int({frames_key: job_input.get(frames_key)}, frames_key, wan.DEFAULT_WINDOW_FRAMES, wan.MIN_FRAMES, wan.MAX_CLIP_FRAMES)
+    if wan.fit_frames(frames) > max_frames:
+        rounded = f" (rounds to {wan.fit_frames(frames)})" if wan.fit_frames(frames) != frames else ""
+        raise invalid(frames_key, f"{frames}{rounded} is more frames than this worker makes in one job ({max_frames}, "
+                                  "MAX_FRAMES); ask for fewer or chain clips with return_last_frame")
 
     seed = _int(job_input, "seed", None, 0, MAX_SEED)
     if seed is None:
         seed = (rng or random.SystemRandom()).randint(0, MAX_SEED)
+    width, height, resolution, aspect_ratio = _size(job_input)
+    codec = _choice(job_input, "codec", formats.DEFAULT_CODEC, formats.CODECS)
 
     steps = _int(job_input, "steps", 10, 2, 100)
     shift = _float(job_input, "shift", 9.0, 0.5, 50.0)
@@ -337,8 +388,8 @@ def parse_generate(job_input: Any, *, rng: random.Random | None = None, max_fram
         cfg=_float(job_input, "cfg", 2.0, 1.0, 20.0),
         cfg_low=_float(job_input, "cfg_low", 1.0, 1.0, 20.0),
         frames=frames,
-        width=_int(job_input, "width", None, wan.MIN_SIDE, wan.MAX_SIDE),
-        height=_int(job_input, "height", None, wan.MIN_SIDE, wan.MAX_SIDE),
+        width=width,
+        height=height,
         fps=_float(job_input, "fps", 16.0, 1.0, 60.0),
         shift=shift,
         scheduler=scheduler,
@@ -347,6 +398,14 @@ def parse_generate(job_input: Any, *, rng: random.Random | None = None, max_fram
         lora_high_strength=lora_high_strength,
         lora_low_strength=lora_low_strength,
         output=_choice(job_input, "output", "base64", OUTPUT_MODES),
+        resolution=resolution,
+        aspect_ratio=aspect_ratio,
+        interpolate=_int(job_input, "interpolate", 1, 1, MAX_INTERPOLATE),
+        interpolator=_choice(job_input, "interpolator", "auto", INTERPOLATORS),
+        adjust_fps_for_interpolation=_flag(job_input, "adjust_fps_for_interpolation", True),
+        codec=codec,
+        quality=_quality(job_input, codec),
+        return_last_frame=_flag(job_input, "return_last_frame", False),
         loras=_loras(job_input),
         ignored_keys=tuple(sorted(k for k in job_input if k not in KNOWN_KEYS)),
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tenexa.errors import ErrorCode, TenexaError
 from tenexa.files import sha256_file
+from tenexa.formats import container_name
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class VideoInfo:
     codec: str
     size_bytes: int
     sha256: str
+    container: str = "mp4"  # mp4, webm, mkv: from the demuxer and the file name
 
 
 def probe_video(path: Path) -> VideoInfo:
@@ -36,6 +38,7 @@ def probe_video(path: Path) -> VideoInfo:
             duration = frames / fps if fps else float(container.duration or 0) / av.time_base
             info = (int(frames), round(fps, 3), stream.codec_context.width, stream.codec_context.height,
                     round(duration, 3), stream.codec_context.name)
+            container_format = container_name(container.format.name, path.suffix)
     except (av.FFmpegError, StopIteration, OSError) as exc:
         raise TenexaError(ErrorCode.NO_OUTPUT, f"ComfyUI produced a file that is not a readable video ({type(exc).__name__})") from None
-    return VideoInfo(*info, size_bytes=path.stat().st_size, sha256=sha256_file(path))
+    return VideoInfo(*info, size_bytes=path.stat().st_size, sha256=sha256_file(path), container=container_format)

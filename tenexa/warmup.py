@@ -47,7 +47,7 @@ def warmup(job_id: str, *, settings: Settings, client: ComfyClient, cancel: thre
         request = parse_generate(WARMUP_REQUEST, max_frames=settings.max_window_frames)
         image = normalize_image(SELFTEST_IMAGE.read_bytes(), "example_image.png", settings.max_image_pixels)
         with rendered(job_id, request, image, None, settings=settings, client=client,
-                      deadline=started + settings.exec_timeout, cancel=cancel) as (bound, result, _reporter):
+                      deadline=started + settings.exec_timeout, cancel=cancel) as (bound, result, _reporter, _workspace):
             report.update(ok=True, load_s=loader_seconds(result.run, bound.graph), execution_s=result.run.execution_s,
                           workflow=bound.name, used=bound.used)
     except TenexaError as err:

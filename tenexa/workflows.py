@@ -5,8 +5,16 @@ every API parameter and runtime setting to the node inputs it sets ("node.input"
 place in the package that knows node ids; everything else asks ``bind`` for a finished graph and reads the
 values it reports in ``BoundWorkflow.used``.
 
-Binding never restructures a graph except for one documented case: ``text_encoder=cache`` (test-only)
-removes the T5 loader and its link, so the text encoder reads the wrapper's embedding disk cache instead.
+Binding restructures a graph only in these documented ways, each done by one function below:
+- ``text_encoder=cache`` (test-only) removes the T5 loader and its link, so the text encoder reads the
+  wrapper's embedding disk cache instead (``_remove_node``);
+- ``interpolator=rife`` puts a ``RIFE VFI`` node between the decode and the video encode
+  (``insert_rife``); with ``ffmpeg`` the video node writes a lossless FFV1 intermediate instead
+  (``_write_lossless``) and the worker interpolates and encodes (``tenexa.interpolation``); the video
+  node keeps exactly its format's widgets (``_fit_format_widgets``); without
+  interpolation no RIFE node is in the graph, so a stack without ComfyUI-Frame-Interpolation runs every
+  other job;
+- ``return_last_frame`` saves the last frame the video node receives as a PNG (``_add_last_frame``).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tenexa import manifest, wan
+from tenexa import formats, interpolation, manifest, wan
 from tenexa.config import REPO_ROOT, ConfigError, Settings
 from tenexa.errors import invalid
 from tenexa.request import MAX_EXTRA_LORAS, GenerateRequest
@@ -43,7 +51,10 @@ I2V_BINDINGS: dict[str, tuple[str, ...]] = {
     "frames": ("541.num_frames",),
     "width": ("235.value",),  # linked into both resizes and the I2V encode
     "height": ("236.value",),
-    "fps": ("131.frame_rate",),
+    "fps": ("131.frame_rate",),  # the rate the video node writes: interpolated, or the generated rate
+    "video_format": ("131.format",),
+    "pix_fmt": ("131.pix_fmt",),
+    "crf": ("131.crf",),
     "shift": ("220.shift", "540.shift"),
     "scheduler": ("220.scheduler", "540.scheduler"),
     "lora_high": ("279.lora_0",),
@@ -81,12 +92,25 @@ class WorkflowSpec:
     output_node: str  # VHS_VideoCombine: the MP4
     t5_loader: str  # removed when text_encoder=cache
     uses_end_image: bool
+    encode_node: str = "541"  # WanVideoImageToVideoEncode: start (and end) image, frame count
+    decode_node: str = "612"  # WanVideoDecode: the generated frames
 
 
 WORKFLOWS: dict[str, WorkflowSpec] = {
     "wan22_i2v": WorkflowSpec("wan22_i2v", "new_Wan22_api.json", I2V_BINDINGS, "220", "540", "131", "136", False),
     "flf2v": WorkflowSpec("flf2v", "new_Wan22_flf2v_api.json", FLF2V_BINDINGS, "220", "540", "131", "136", True),
 }
+
+# Ids of the nodes binding adds; above every id of the shipped graphs.
+RIFE_NODE = "700"
+LAST_FRAME_PICK, LAST_FRAME_SAVE = "701", "702"
+LAST_FRAME_INDEX = 4095  # ImageFromBatch's maximum; it clamps to the batch's last frame
+# A clip longer than one window: segment s (2, 3, ...) copies the encode, both samplers and the decode under
+# ids s * 1000 + the original id, and adds three join nodes at s * 1000 + these.
+SEGMENT_ID_STRIDE = 1000
+SEGMENT_PICK_LAST, SEGMENT_TRIM_FIRST, SEGMENT_JOIN = 801, 802, 803
+# Classes binding may add (recorded in tenexa/data/object_info.json beside the shipped graphs' classes).
+ADDED_CLASSES = (interpolation.RIFE_CLASS, "ImageFromBatch", "SaveImage", "ImageBatch")
 
 # Which inputs name model files, and the ComfyUI model folder they are listed from.
 MODEL_INPUTS: dict[str, dict[str, str]] = {
@@ -114,6 +138,16 @@ MAX_BLOCKS_TO_SWAP = 40  # the A14B experts have 40 blocks
 
 
 @dataclass(frozen=True)
+class WorkerFinish:
+    """What the worker does to the graph's lossless output: interpolate with ffmpeg and encode once."""
+
+    multiplier: int
+    fps: float
+    video_format: formats.VideoFormat
+    crf: int
+
+
+@dataclass(frozen=True)
 class BoundWorkflow:
     name: str
     graph: dict[str, Any]  # API format, ready for POST /prompt
@@ -121,6 +155,8 @@ class BoundWorkflow:
     high_sampler: str
     low_sampler: str
     output_node: str
+    last_frame_node: str | None = None  # SaveImage of the last frame, when asked for
+    finish: WorkerFinish | None = None  # set when the worker, not the graph, writes the final video
     expert_nodes: tuple[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -260,6 +296,9 @@ def settings_problems(settings: Settings) -> list[str]:
     frames = settings.max_window_frames
     if not (wan.MIN_FRAMES <= frames <= wan.MAX_FRAMES and frames % 4 == 1):
         problems.append(f"MAX_WINDOW_FRAMES={frames} is not a 4n+1 frame count between {wan.MIN_FRAMES} and {wan.MAX_FRAMES}")
+    if not (wan.MIN_FRAMES <= settings.max_frames <= wan.MAX_CLIP_FRAMES and settings.max_frames % 4 == 1):
+        problems.append(f"MAX_FRAMES={settings.max_frames} is not a 4n+1 frame count between {wan.MIN_FRAMES} and "
+                        f"{wan.MAX_CLIP_FRAMES}")
     smallest = wan.window_tokens(wan.MIN_FRAMES, wan.MIN_SIDE, wan.MIN_SIDE)
     if settings.max_latent_tokens < smallest:
         problems.append(f"MAX_LATENT_TOKENS={settings.max_latent_tokens} is below the smallest window "
@@ -325,23 +364,36 @@ def _used_loras(request: GenerateRequest) -> list[dict[str, Any]]:
 
 def check_window(request: GenerateRequest, image_size: tuple[int, int], settings: Settings) -> tuple[int, int, int, int]:
     """(frames, width, height, high_steps) of ``request``, after refusing with INVALID_INPUT a window over the
-    worker's limits or a split that cannot be predicted. Cheap: generate calls it before any download."""
-    width, height = wan.output_size(image_size, request.width, request.height)
+    worker's limits or a split that cannot be predicted. Cheap: generate calls it before any download.
+
+    A clip longer than one window is checked window by window: its longest window must fit.
+    """
+    problems = settings_problems(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    width, height = wan.output_size(image_size, request.width, request.height, resolution=request.resolution,
+                                    aspect_ratio=request.aspect_ratio)
     frames = wan.fit_frames(request.frames)
+    windows = wan.plan_segments(frames, settings.max_window_frames)
     try:
-        wan.check_window(frames, width, height, max_frames=settings.max_window_frames, max_tokens=settings.max_latent_tokens)
+        wan.check_window(max(windows), width, height, max_frames=settings.max_window_frames, max_tokens=settings.max_latent_tokens)
         return frames, width, height, wan.expert_split(request.steps, request.shift, request.scheduler)
     except wan.WindowError as exc:
-        size_field = "width" if request.width is not None else "height" if request.height is not None else "frames"
-        raise invalid(size_field if exc.field == "size" else "frames", str(exc)) from None
+        size_field = ("width" if request.width is not None else "height" if request.height is not None
+                      else "resolution" if request.resolution is not None else "frames")
+        prefix = f"the clip is made in {len(windows)} windows of up to {max(windows)} frames; " if len(windows) > 1 else ""
+        raise invalid(size_field if exc.field == "size" else "frames", prefix + str(exc)) from None
     except wan.SplitError as exc:
         raise invalid("shift", str(exc)) from None
 
 
 def _values(request: GenerateRequest, image_size: tuple[int, int], settings: Settings, start_image: str,
-            end_image: str | None, output_prefix: str) -> dict[str, Any]:
+            end_image: str | None, output_prefix: str, interpolator: str) -> dict[str, Any]:
     """Every bound parameter's final value, after the Wan rules and the defaults are applied."""
     frames, width, height, high_steps = check_window(request, image_size, settings)
+    video_format = formats.video_format(request.codec)
+    multiplier = request.interpolate if interpolator != interpolation.NONE else 1
+    out_fps = interpolation.output_fps(request.fps, multiplier, request.adjust_fps_for_interpolation)
     default_high, default_low = manifest.default_loras()
     lora_high = default_high if request.lora_high is None else request.lora_high
     lora_low = default_low if request.lora_low is None else request.lora_low
@@ -359,7 +411,10 @@ def _values(request: GenerateRequest, image_size: tuple[int, int], settings: Set
         "frames": frames,
         "width": width,
         "height": height,
-        "fps": float(request.fps),
+        "fps": float(request.fps) if interpolator == interpolation.FFMPEG else out_fps,
+        "video_format": video_format.vhs_format,
+        "pix_fmt": formats.PIX_FMT,
+        "crf": video_format.crf(request.quality),
         "shift": request.shift,
         "scheduler": request.scheduler,
         "lora_high": lora_high,
@@ -393,35 +448,179 @@ def _remove_node(graph: dict[str, Any], node_id: str) -> None:
                 del node["inputs"][name]
 
 
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _chain_segments(graph: dict[str, Any], wf: WorkflowSpec, counts: list[int], seed: int) -> None:
+    """Generate ``counts`` frames per window, each window starting on the previous one's last frame, and join them.
+
+    Segment 1 is the shipped graph's own encode/samplers/decode. Each later segment is a copy of those four
+    nodes (sharing loaders, LoRAs, text embeddings, steps, CFG and split) whose start image is the previous
+    decode's last frame, taken from the decoded batch itself (never re-read from a lossy file), with its own
+    seed (seed + segment - 1). The end image (flf2v) conditions only the last segment. The join keeps each
+    previous segment's last frame and drops the next segment's first frame (the model's re-rendering of that
+    same frame), so no frame is duplicated or lost at a seam; the video node gets the joined batch.
+    """
+    per_segment = (wf.encode_node, wf.high_sampler, wf.low_sampler, wf.decode_node)
+    encode = graph[wf.encode_node]["inputs"]
+    end_link = encode.pop("end_image", None)
+    end_mode = encode.get("fun_or_fl2v_model")
+    if end_link is not None:
+        encode["fun_or_fl2v_model"] = False  # segment 1 is plain image-to-video when it is not the last
+    joined, previous_decode = [wf.decode_node, 0], wf.decode_node
+    for segment, count in enumerate(counts[1:], start=2):
+        ids = {old: str(segment * SEGMENT_ID_STRIDE + int(old)) for old in per_segment}
+        for old, new in ids.items():
+            node = copy.deepcopy(graph[old])
+            for name, value in node["inputs"].items():
+                if _is_link(value) and value[0] in ids:
+                    node["inputs"][name] = [ids[value[0]], value[1]]
+            node["_meta"] = {"title": f"{node.get('_meta', {}).get('title', node['class_type'])} (segment {segment})"}
+            graph[new] = node
+        pick, trim, join = (str(segment * SEGMENT_ID_STRIDE + n) for n in (SEGMENT_PICK_LAST, SEGMENT_TRIM_FIRST, SEGMENT_JOIN))
+        graph[pick] = {"class_type": "ImageFromBatch", "inputs": {"image": [previous_decode, 0], "batch_index": LAST_FRAME_INDEX,
+                                                                 "length": 1}, "_meta": {"title": f"segment {segment} start"}}
+        new_encode = graph[ids[wf.encode_node]]["inputs"]
+        new_encode.update(start_image=[pick, 0], num_frames=count)
+        if end_link is not None and segment == len(counts):
+            new_encode.update(end_image=end_link, fun_or_fl2v_model=end_mode)
+        for sampler in (wf.high_sampler, wf.low_sampler):
+            graph[ids[sampler]]["inputs"]["seed"] = seed + segment - 1
+        graph[trim] = {"class_type": "ImageFromBatch", "inputs": {"image": [ids[wf.decode_node], 0], "batch_index": 1,
+                                                                 "length": count - 1}, "_meta": {"title": f"segment {segment} without its first frame"}}
+        graph[join] = {"class_type": "ImageBatch", "inputs": {"image1": joined, "image2": [trim, 0]},
+                       "_meta": {"title": f"join segment {segment}"}}
+        joined, previous_decode = [join, 0], ids[wf.decode_node]
+    graph[wf.output_node]["inputs"]["images"] = joined
+
+
+def insert_rife(graph: dict[str, Any], video_node: str, multiplier: int) -> None:
+    """RIFE between whatever feeds the video node and the video node (also used by bench/features.py)."""
+    video = graph[video_node]["inputs"]
+    graph[RIFE_NODE] = {
+        "class_type": interpolation.RIFE_CLASS,
+        "inputs": {
+            "ckpt_name": manifest.entry(interpolation.RIFE_ENTRY).file,
+            "frames": video["images"],
+            "clear_cache_after_n_frames": 10,
+            "multiplier": multiplier,
+            "fast_mode": True,
+            "ensemble": True,
+            "scale_factor": 1.0,
+        },
+        "_meta": {"title": "RIFE VFI (tenexa: interpolate)"},
+    }
+    video["images"] = [RIFE_NODE, 0]
+
+
+def _write_lossless(graph: dict[str, Any], wf: WorkflowSpec) -> None:
+    """The video node writes FFV1/BGRA for the worker to finish."""
+    video = graph[wf.output_node]["inputs"]
+    video.update(format=formats.LOSSLESS_VHS_FORMAT, pix_fmt=formats.LOSSLESS_PIX_FMT, **formats.LOSSLESS_WIDGETS)
+
+
+def _fit_format_widgets(graph: dict[str, Any], wf: WorkflowSpec) -> None:
+    """Keep only the widgets the chosen VHS format declares (h265-mp4 has no trim_to_audio, ffv1 no crf)."""
+    video = graph[wf.output_node]["inputs"]
+    chosen = set(formats.VHS_WIDGETS[video["format"]])
+    for name in {w for widgets in formats.VHS_WIDGETS.values() for w in widgets} - chosen:
+        video.pop(name, None)
+
+
+def _add_last_frame(graph: dict[str, Any], wf: WorkflowSpec, output_prefix: str) -> str:
+    """Save the last frame the video node receives, losslessly (PNG); returns the saving node's id."""
+    graph[LAST_FRAME_PICK] = {
+        "class_type": "ImageFromBatch",
+        "inputs": {"image": graph[wf.output_node]["inputs"]["images"], "batch_index": LAST_FRAME_INDEX, "length": 1},
+        "_meta": {"title": "last frame (tenexa)"},
+    }
+    graph[LAST_FRAME_SAVE] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": [LAST_FRAME_PICK, 0], "filename_prefix": f"{output_prefix}_last"},
+        "_meta": {"title": "save last frame (tenexa)"},
+    }
+    return LAST_FRAME_SAVE
+
+
 def bind(request: GenerateRequest, *, image_size: tuple[int, int], settings: Settings, start_image: str,
-         end_image: str | None, output_prefix: str) -> BoundWorkflow:
+         end_image: str | None, output_prefix: str, interpolator: str = interpolation.NONE) -> BoundWorkflow:
     """The request's workflow with every parameter and runtime setting written in.
 
     ``image_size`` is the (width, height) of the start image (it sets the default output size);
-    ``start_image``/``end_image`` are names LoadImage can open (uploaded to ComfyUI's input folder).
+    ``start_image``/``end_image`` are names LoadImage can open (uploaded to ComfyUI's input folder);
+    ``interpolator`` is what ``interpolation.choose`` picked for this job (``none`` ignores ``interpolate``).
+    A clip longer than MAX_WINDOW_FRAMES becomes consecutive windows (``_chain_segments``).
     Raises ``ConfigError`` for runtime settings no workflow can take, and ``TenexaError`` INVALID_INPUT for a
     window over the worker's limits (MAX_WINDOW_FRAMES, MAX_LATENT_TOKENS) or a split that cannot be predicted.
     """
     wf = spec(request.workflow)
     if wf.uses_end_image != (end_image is not None):
         raise ValueError(f"workflow {wf.name} {'needs' if wf.uses_end_image else 'takes no'} end image")
+    if interpolator not in (interpolation.NONE, interpolation.RIFE, interpolation.FFMPEG):
+        raise ValueError(f"unknown interpolator {interpolator!r}")
     problems = settings_problems(settings)
     if problems:
         raise ConfigError("; ".join(problems))
-    values = _values(request, image_size, settings, start_image, end_image, output_prefix)
+    values = _values(request, image_size, settings, start_image, end_image, output_prefix, interpolator)
+    total_frames = values["frames"]
+    segments = wan.plan_segments(total_frames, settings.max_window_frames)
+    values["frames"] = segments[0]  # the shipped encode is the first window
     graph = load_graph(wf.name, settings.workflow_dir)
     for param, targets in wf.bindings.items():
         for target in targets:
             _set(graph, target, values[param], wf.name)
     if values["text_encoder"] == "cache":
         _remove_node(graph, wf.t5_loader)
+    if len(segments) > 1:
+        _chain_segments(graph, wf, segments, request.seed)
+    values["frames"] = total_frames
+    multiplier = request.interpolate if interpolator != interpolation.NONE else 1
+    if interpolator == interpolation.RIFE:
+        insert_rife(graph, wf.output_node, multiplier)
+    elif interpolator == interpolation.FFMPEG:
+        _write_lossless(graph, wf)
+    _fit_format_widgets(graph, wf)
+    last_frame_node = _add_last_frame(graph, wf, output_prefix) if request.return_last_frame else None
+
+    video_format = formats.video_format(request.codec)
+    finish = None
+    if interpolator == interpolation.FFMPEG:
+        out_fps = interpolation.output_fps(request.fps, multiplier, request.adjust_fps_for_interpolation)
+        finish = WorkerFinish(multiplier, out_fps, video_format, values["crf"])
+
     slots = _extra_lora_values(request)
-    used = {k: v for k, v in values.items() if k not in ("prompt", "negative_prompt", "use_disk_cache", *slots)}
+    hidden = ("prompt", "negative_prompt", "use_disk_cache", "video_format", "pix_fmt", *slots)
+    used = {k: v for k, v in values.items() if k not in hidden}
     if request.loras:
         used["loras"] = _used_loras(request)
     used["workflow"] = wf.name
     used["split"] = values["high_steps"]
-    return BoundWorkflow(wf.name, graph, used, wf.high_sampler, wf.low_sampler, wf.output_node)
+    used["segments"] = segments
+    used.update(_output_report(request, image_size, values, interpolator, multiplier, video_format))
+    return BoundWorkflow(wf.name, graph, used, wf.high_sampler, wf.low_sampler, wf.output_node,
+                         last_frame_node=last_frame_node, finish=finish)
+
+
+def _output_report(request: GenerateRequest, image_size: tuple[int, int], values: dict[str, Any], interpolator: str,
+                   multiplier: int, video_format: formats.VideoFormat) -> dict[str, Any]:
+    """What ``used`` says about size presets, cropping, interpolation and the output format."""
+    x, y, crop_w, crop_h = wan.crop_box(image_size, (values["width"], values["height"]))
+    return {
+        "resolution": request.resolution,
+        "aspect_ratio": request.aspect_ratio or wan.AUTO_ASPECT,
+        "crop": {"x": x, "y": y, "width": crop_w, "height": crop_h, "of": list(image_size), "mode": "center"},
+        "fps": float(request.fps),
+        "interpolate": multiplier,
+        "interpolator": interpolator,
+        "output_fps": interpolation.output_fps(request.fps, multiplier, request.adjust_fps_for_interpolation),
+        "output_frames": interpolation.interpolated_frames(values["frames"], multiplier),
+        "codec": video_format.codec,
+        "container": video_format.container,
+        "quality": request.quality,
+        "crf": values["crf"],
+        "return_last_frame": request.return_last_frame,
+    }
 
 
 # ------------------------------------------------------------------------------------------ inventory

@@ -24,6 +24,8 @@ import av
 from aiohttp import web
 from PIL import Image
 
+from tenexa.validator import load_object_info
+
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "comfyui"
 
 
@@ -37,13 +39,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_mp4(path: Path, frames: int, width: int, height: int, fps: float) -> None:
+# VHS formats the double can write: (extension, encoder, pixel format), as VHS's video_formats/*.json do.
+VHS_FORMATS = {
+    "video/h264-mp4": ("mp4", "libx264", "yuv420p"),
+    "video/h265-mp4": ("mp4", "libx265", "yuv420p"),
+    "video/webm": ("webm", "libvpx-vp9", "yuv420p"),
+    "video/ffv1-mkv": ("mkv", "ffv1", "bgra"),
+}
+
+
+def frame_image(index: int, width: int, height: int) -> Image.Image:
+    """The double's frame ``index``: a colour that changes from frame to frame."""
+    return Image.new("RGB", (width, height), ((index * 25) % 255, 80, 160))
+
+
+def write_mp4(path: Path, frames: int, width: int, height: int, fps: float, encoder: str = "libx264", pix_fmt: str = "yuv420p") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
+        stream = out.add_stream(encoder, rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, pix_fmt
+        if encoder == "libx265":
+            stream.options = {"x265-params": "log-level=quiet"}
         for i in range(frames):
-            img = Image.new("RGB", (stream.width, stream.height), ((i * 25) % 255, 80, 160))
+            img = frame_image(i, stream.width, stream.height)
             for packet in stream.encode(av.VideoFrame.from_image(img)):
                 out.mux(packet)
         for packet in stream.encode():
@@ -55,13 +73,15 @@ class Behaviour:
     """What the double does with the next prompts. ``mode`` is one of:
     success, reject (400 with ``reject_body``), error (runtime execution_error), hang (runs until interrupted),
     drop (closes the socket mid-run, finishes while the client is away), no_output, crash (the server dies
-    mid-run), slow (success after ``delay`` seconds).
+    mid-run), slow (success after ``delay`` seconds). ``at_node`` is where error and hang happen (default: the
+    graph's last node).
     """
 
     mode: str = "success"
     reject_body: dict | None = None
     delay: float = 0.0
     node_seconds: float = 0.01
+    at_node: str | None = None
 
 
 @dataclass
@@ -84,6 +104,7 @@ class ComfyDouble:
         self.object_info_body: dict = reference_json("object_info_filtered.json")
         self.calls = Calls()
         self.history: dict[str, dict] = {}
+        self.missing_classes: set[str] = set()  # classes /object_info/{class} denies (a pack not loaded)
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self._interrupted: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,6 +128,7 @@ class ComfyDouble:
         app.add_routes([
             web.get("/system_stats", self.system_stats),
             web.get("/object_info", self.object_info),
+            web.get("/object_info/{cls}", self.object_info_class),
             web.post("/upload/image", self.upload),
             web.post("/prompt", self.prompt),
             web.get("/ws", self.ws),
@@ -143,6 +165,12 @@ class ComfyDouble:
     async def object_info(self, request: web.Request) -> web.Response:
         self.calls.object_info += 1
         return web.json_response(self.object_info_body)
+
+    async def object_info_class(self, request: web.Request) -> web.Response:
+        """One class, as ComfyUI answers ``/object_info/{class}``: ``{}`` for a class no loaded pack provides."""
+        cls = request.match_info["cls"]
+        info = {**reference_json("object_info_filtered.json"), **load_object_info()}
+        return web.json_response({cls: info[cls]} if cls in info and cls not in self.missing_classes else {})
 
     async def upload(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -232,7 +260,7 @@ class ComfyDouble:
         await send("execution_start", {"timestamp": now_ms()})
         messages.append(["execution_start", {"prompt_id": pid, "timestamp": now_ms()}])
         await send("execution_cached", {"nodes": [], "timestamp": now_ms()})
-        order = list(graph)
+        order = self._execution_order(graph)
         if b.delay:
             await asyncio.sleep(b.delay)
         for i, node_id in enumerate(order):
@@ -245,7 +273,8 @@ class ComfyDouble:
             if b.mode == "crash" and i == len(order) // 2:
                 asyncio.get_running_loop().call_soon(lambda: threading.Thread(target=self.stop, daemon=True).start())
                 return
-            if b.mode == "error" and i == len(order) - 1:
+            at_fault = node_id == b.at_node if b.at_node is not None else i == len(order) - 1
+            if b.mode == "error" and at_fault:
                 err = reference_json("err_d_runtime_corrupt_image.json")
                 data = next(m["data"] for m in err["ws_messages"] if m.get("type") == "execution_error")
                 data = {**data, "prompt_id": pid, "node_id": node_id, "node_type": graph[node_id]["class_type"]}
@@ -255,7 +284,7 @@ class ComfyDouble:
                 await self._send(client_id, "status", {"status": {"exec_info": {"queue_remaining": 0}}})
                 await send("executing", {"node": None})
                 return
-            if b.mode == "hang" and i == len(order) - 1:
+            if b.mode == "hang" and at_fault:
                 while pid not in self._interrupted and "*" not in self._interrupted:
                     await send("progress", {"value": 0, "max": 10, "node": node_id})
                     await asyncio.sleep(0.2)
@@ -276,6 +305,21 @@ class ComfyDouble:
         await self._send(client_id, "status", {"status": {"exec_info": {"queue_remaining": 0}}})
         await send("executing", {"node": None})
 
+    @staticmethod
+    def _execution_order(graph: dict) -> list[str]:
+        """Nodes after the nodes they link to (as ComfyUI runs them), otherwise in the graph's own order."""
+        deps = {n: {str(v[0]) for v in (spec.get("inputs") or {}).values() if isinstance(v, list) and len(v) == 2
+                    and str(v[0]) in graph} for n, spec in graph.items() if isinstance(spec, dict)}
+        order: list[str] = []
+        done: set[str] = set()
+        while len(order) < len(deps):
+            ready = [n for n in deps if n not in done and deps[n] <= done]
+            if not ready:  # a cycle (ComfyUI would refuse it): run the rest as listed
+                ready = [n for n in deps if n not in done]
+            order.extend(ready)
+            done.update(ready)
+        return order
+
     def _finish(self, pid: str, graph: dict, client_id: str | None, status: str, outputs: dict, messages: list) -> None:
         self.history[pid] = {
             "prompt": [len(self.history), pid, graph, {"client_id": client_id}, [n for n in outputs]],
@@ -291,46 +335,73 @@ class ComfyDouble:
             return src.get("inputs", {}).get("value")
         return value
 
+    def _frames(self, graph: dict, link: Any, depth: int = 0) -> int:
+        """How many frames the IMAGE batch at ``link`` has, following the nodes that make or cut batches."""
+        node = graph.get(str(link[0])) if isinstance(link, list) and len(link) == 2 else None
+        if node is None or depth > 64:
+            return 9
+        kind, inputs = node.get("class_type"), node.get("inputs", {})
+        if kind == "WanVideoDecode":  # the frames its encode asked for: samples <- sampler <- image_embeds <- encode
+            sampler = graph.get(str(inputs["samples"][0]), {})
+            encode = graph.get(str(sampler.get("inputs", {}).get("image_embeds", [""])[0]), {})
+            return int(self._literal(graph, encode.get("inputs", {}).get("num_frames")) or 9)
+        if kind == "RepeatImageBatch":
+            return int(self._literal(graph, inputs.get("amount")) or 1)
+        if kind == "RIFE VFI":  # (n - 1) * m + 1, as the pack's frame loop makes
+            return (self._frames(graph, inputs["frames"], depth + 1) - 1) * int(inputs["multiplier"]) + 1
+        if kind == "ImageFromBatch":  # ComfyUI clamps the index and the length to the batch
+            count = self._frames(graph, inputs["image"], depth + 1)
+            index = min(count - 1, int(inputs["batch_index"]))
+            return min(count - index, int(inputs["length"]))
+        if kind == "ImageBatch":
+            return self._frames(graph, inputs["image1"], depth + 1) + self._frames(graph, inputs["image2"], depth + 1)
+        images = inputs.get("images", inputs.get("image", inputs.get("video")))
+        return self._frames(graph, images, depth + 1) if images is not None else 9
+
     def _write_outputs(self, graph: dict) -> dict:
-        frames, width, height = 9, 64, 64
+        width, height = 64, 64
         for node in graph.values():
             inputs = node.get("inputs", {})
-            for key in ("num_frames", "amount"):
-                if isinstance(self._literal(graph, inputs.get(key)), int):
-                    frames = self._literal(graph, inputs[key])
             if node.get("class_type") in ("WanVideoImageToVideoEncode", "ImageScale"):
                 width = int(self._literal(graph, inputs.get("width")) or width)
                 height = int(self._literal(graph, inputs.get("height")) or height)
         outputs = {}
         for node_id, node in graph.items():
-            if node.get("class_type") in ("SaveImage", "SaveVideo"):
-                outputs[node_id] = self._write_core_output(node, frames, width, height)
+            inputs = node.get("inputs", {})
+            if node.get("class_type") == "SaveVideo":
+                outputs[node_id] = self._write_core_output(node, self._frames(graph, inputs.get("video")), width, height)
+                continue
+            prefix = inputs.get("filename_prefix", "ComfyUI" if node.get("class_type") == "SaveImage" else "AnimateDiff")
+            subfolder, _, stem = prefix.rpartition("/")
+            if node.get("class_type") == "SaveImage":  # one PNG: the last frame of the batch it gets
+                name = f"{stem}_00001_.png"
+                path = self.root / "output" / subfolder / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                source = inputs.get("images")
+                pick = graph.get(str(source[0]), {}) if isinstance(source, list) else {}
+                last = self._frames(graph, pick.get("inputs", {}).get("image", source)) - 1
+                frame_image(last, width + width % 2, height + height % 2).save(path)
+                outputs[node_id] = {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
+                continue
             if node.get("class_type") != "VHS_VideoCombine":
                 continue
-            inputs = node["inputs"]
-            prefix = inputs.get("filename_prefix", "AnimateDiff")
-            subfolder, _, stem = prefix.rpartition("/")
             kind = "output" if inputs.get("save_output", True) else "temp"
             fps = float(inputs.get("frame_rate", 8))
-            name = f"{stem}_00001.mp4"
+            video_format = inputs.get("format", "video/h264-mp4")
+            extension, encoder, pix_fmt = VHS_FORMATS[video_format]
+            name = f"{stem}_00001.{extension}"
             path = self.root / kind / subfolder / name
-            write_mp4(path, frames, width, height, fps)
+            write_mp4(path, self._frames(graph, inputs.get("images")), width, height, fps, encoder, pix_fmt)
             (path.with_suffix(".png")).write_bytes(b"\x89PNG\r\n\x1a\n")
-            outputs[node_id] = {"gifs": [{"filename": name, "subfolder": subfolder, "type": kind, "format": "video/h264-mp4",
-                                          "frame_rate": fps, "workflow": name[:-4] + ".png", "fullpath": str(path)}]}
+            outputs[node_id] = {"gifs": [{"filename": name, "subfolder": subfolder, "type": kind, "format": video_format,
+                                          "frame_rate": fps, "workflow": name[:-len(extension) - 1] + ".png", "fullpath": str(path)}]}
         return outputs
 
     def _write_core_output(self, node: dict, frames: int, width: int, height: int) -> dict:
-        """SaveImage (one PNG) and core SaveVideo (an MP4 reported as ``images`` + ``animated``, as recorded in
-        run_core_video.json); names follow folder_paths.get_save_image_path: ``<prefix>_<counter:05>_.<ext>``."""
+        """Core SaveVideo: an MP4 reported as ``images`` + ``animated``, as recorded in run_core_video.json; names
+        follow folder_paths.get_save_image_path: ``<prefix>_<counter:05>_.<ext>``."""
         prefix = node["inputs"].get("filename_prefix", "ComfyUI")
         subfolder, _, stem = prefix.rpartition("/")
-        if node["class_type"] == "SaveVideo":
-            name = f"{stem}_00001_.mp4"
-            write_mp4(self.root / "output" / subfolder / name, frames, width, height, 8.0)
-            return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": [True]}
-        name = f"{stem}_00001_.png"
-        path = self.root / "output" / subfolder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (width, height), (200, 80, 40)).save(path)
-        return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}
+        name = f"{stem}_00001_.mp4"
+        write_mp4(self.root / "output" / subfolder / name, frames, width, height, 8.0)
+        return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": [True]}

@@ -125,3 +125,32 @@ def test_run_all_records_a_skip_with_its_reason(tmp_path):
     assert gpu["status"] == "skipped" and gpu["reason"]
     assert {r["benchmark"] for r in report["summary"]} >= set(run_all.SECTIONS)
     assert all(report["sections"][name]["status"] == "not selected" for name in run_all.SECTIONS if name != "gpu_generate")
+
+
+def test_features_paths_against_the_double(stack, tmp_path):
+    """bench/features.py's measuring code against the double (the real run uses a tiny-weight ComfyUI)."""
+    import features
+
+    from tenexa.interpolation import rife_checkpoint
+
+    double, _, work = stack
+    checkpoint = rife_checkpoint(double.root)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_bytes(b"the double never reads it")
+    settings = _common.worker_settings(double, work / "volume")
+    generate = features.generate_cases(settings, repeats=1)
+    assert set(generate["cases"]) == set(features.CASES)
+    assert generate["cases"]["rife x2"]["interpolator"] == "rife" and generate["cases"]["ffmpeg x2"]["interpolator"] == "ffmpeg"
+    assert generate["cases"]["rife x2"]["frames"] == 17 and generate["cases"]["base"]["added_s"] == 0.0
+    one, two = (generate["cases"][name] for name in features.CHAINING)
+    assert (one["frames"], one["windows"]) == (17, [17]) and (two["frames"], two["windows"]) == (17, [9, 9])
+    assert generate["chaining"]["added_s"] == round(two["median_s"] - one["median_s"], 3)
+    rife = features.rife_alone(double, settings, repeats=1)
+    assert rife["frames_out"] == 33 and rife["added_s_per_new_frame"] is not None
+    ffmpeg = features.ffmpeg_alone(tmp_path, repeats=1)
+    assert ffmpeg["frames_out"] == 33 and ffmpeg["minterpolate_and_encode_median_s"] > 0
+    report = {"generate": generate, "rife_480p": rife, "ffmpeg_480p": ffmpeg}
+    features.print_rows(report)
+    rows = run_all.summary_rows({"features": {"status": "ok", "report": report}})
+    figures = [r["figure"] for r in rows if r["benchmark"] == "features"]
+    assert figures[-1] == "ffmpeg x2 at 832x480 (CPU)" and "17 frames as two chained windows (tiny Wan, CPU)" in figures

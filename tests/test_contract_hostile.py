@@ -129,6 +129,29 @@ CORPUS = [
     ("prompt full of JSON and control chars", {"image_base64": GOOD, "frames": 9,
                                                "prompt": '"}, "1": {"class_type": "X"}, {{}} \\u0000? \t\r\n\x1b[31m ${HOME} `rm -rf /`'}, "ok"),
     ("unknown keys are ignored", {"image_base64": GOOD, "frames": 9, "__proto__": {"x": 1}, "class_type": "Evil"}, "ok"),
+    # presets, interpolation and output options
+    ("resolution unknown", {"image_base64": GOOD, "resolution": "4k"}, "INVALID_INPUT"),
+    ("resolution as number", {"image_base64": GOOD, "resolution": 720}, "INVALID_INPUT"),
+    ("resolution with width", {"image_base64": GOOD, "resolution": "480p", "width": 832}, "INVALID_INPUT"),
+    ("aspect ratio unknown", {"image_base64": GOOD, "aspect_ratio": "21:9"}, "INVALID_INPUT"),
+    ("aspect ratio as ratio number", {"image_base64": GOOD, "aspect_ratio": 1.77}, "INVALID_INPUT"),
+    ("aspect ratio with both sides", {"image_base64": GOOD, "aspect_ratio": "1:1", "width": 64, "height": 96}, "INVALID_INPUT"),
+    ("interpolate zero", {"image_base64": GOOD, "interpolate": 0}, "INVALID_INPUT"),
+    ("interpolate huge", {"image_base64": GOOD, "interpolate": 10**6}, "INVALID_INPUT"),
+    ("interpolate as string", {"image_base64": GOOD, "interpolate": "2x"}, "INVALID_INPUT"),
+    ("interpolate as bool", {"image_base64": GOOD, "interpolate": True}, "INVALID_INPUT"),
+    ("interpolator unknown", {"image_base64": GOOD, "interpolate": 2, "interpolator": "film"}, "INVALID_INPUT"),
+    ("interpolator rife without checkpoint", {"image_base64": GOOD, "frames": 9, "interpolate": 2, "interpolator": "rife"}, "MODEL_MISSING"),
+    ("adjust fps as string", {"image_base64": GOOD, "adjust_fps_for_interpolation": "false"}, "INVALID_INPUT"),
+    ("codec unknown", {"image_base64": GOOD, "codec": "prores"}, "INVALID_INPUT"),
+    ("codec path-like", {"image_base64": GOOD, "codec": "../../h264-mp4"}, "INVALID_INPUT"),
+    ("quality out of the codec's range", {"image_base64": GOOD, "quality": 99}, "INVALID_INPUT"),
+    ("quality negative", {"image_base64": GOOD, "codec": "vp9", "quality": -5}, "INVALID_INPUT"),
+    ("quality NaN-like", {"image_base64": GOOD, "quality": 1e400}, "INVALID_INPUT"),
+    ("quality as dict", {"image_base64": GOOD, "quality": {"crf": 1}}, "INVALID_INPUT"),
+    ("return_last_frame as string", {"image_base64": GOOD, "return_last_frame": "yes"}, "INVALID_INPUT"),
+    ("interpolation and options all at once", {"image_base64": GOOD, "frames": 9, "interpolate": 2, "codec": "vp9",
+                                               "quality": "low", "return_last_frame": True, "aspect_ratio": "9:16", "width": 64}, "ok"),
     # issue 12: requests the pinned node pack would run wrongly, crash on, or that fit no GPU
     ("prompt travel", {"image_base64": GOOD, "prompt": "a cat walks | a cat sleeps"}, "INVALID_INPUT"),
     ("EchoShot marker with one shot", {"image_base64": GOOD, "prompt": "[1] a cat"}, "INVALID_INPUT"),
@@ -136,7 +159,8 @@ CORPUS = [
     ("weight syntax crashing float()", {"image_base64": GOOD, "prompt": "(cat:1.2.3)"}, "INVALID_INPUT"),
     ("time in parentheses read as a weight", {"image_base64": GOOD, "prompt": "a clock at (10:30)"}, "INVALID_INPUT"),
     ("negative prompt is literal", {"image_base64": GOOD, "frames": 9, "negative_prompt": "blur | [1] (x:2)"}, "ok"),
-    ("frames past the window", {"image_base64": GOOD, "frames": 161}, "INVALID_INPUT"),
+    ("frames past MAX_FRAMES", {"image_base64": GOOD, "frames": 401}, "INVALID_INPUT"),
+    ("frames past any clip", {"image_base64": GOOD, "frames": 5000}, "INVALID_INPUT"),
     ("241 frames at 1920", {"image_base64": GOOD, "frames": 241, "width": 1920, "height": 1920}, "INVALID_INPUT"),
     ("size over the token budget", {"image_base64": GOOD, "width": 1920, "height": 1080}, "INVALID_INPUT"),
     ("a pack scheduler without a reproduced schedule", {"image_base64": GOOD, "scheduler": "flowmatch_pusa"}, "INVALID_INPUT"),
@@ -184,7 +208,7 @@ def test_hostile_corpus(worker, name, job_input, expected):
     out = run_job(job_input)
     if expected == "ok":
         assert out["status"] == "completed", out
-        assert out["frames"] == 9
+        assert out["frames"] == (job_input.get("interpolate") or 1) * 8 + 1
     else:
         assert_clean_failure(out, expected)
         # every failure in the corpus is the request's: nothing reached ComfyUI
@@ -213,7 +237,9 @@ json_values = st.recursive(
     max_leaves=12,
 )
 keys = st.sampled_from(["image_base64", "image_url", "end_image_base64", "workflow", "prompt", "seed", "steps", "cfg", "frames",
-                        "width", "height", "fps", "shift", "scheduler", "lora_high", "loras", "output", "test", "diagnose", "length"])
+                        "width", "height", "fps", "shift", "scheduler", "lora_high", "loras", "output", "test", "diagnose", "length",
+                        "resolution", "aspect_ratio", "interpolate", "interpolator", "adjust_fps_for_interpolation", "codec",
+                        "quality", "return_last_frame"])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -11,6 +11,7 @@ from tenexa import manifest, workflows
 from tenexa.manifest import ManifestError, parse_manifest
 
 HF_URL = re.compile(r"^https://huggingface\.co/[\w.-]+/[\w.-]+/resolve/main/\S+$")
+GITHUB_RELEASE_URL = re.compile(r"^https://github\.com/[\w.-]+/[\w.-]+/releases/download/[\w.-]+/\S+$")
 
 
 def raw_manifest() -> dict:
@@ -22,11 +23,21 @@ def test_manifest_loads_with_valid_entries():
     assert entries
     for entry in entries:
         assert entry.folder in manifest.FOLDERS
-        assert HF_URL.match(entry.url), entry.url
+        assert HF_URL.match(entry.url) or (entry.pack_path and GITHUB_RELEASE_URL.match(entry.url)), entry.url
         upstream_dir, upstream_name = entry.url.rsplit("/", 2)[-2:]
         # the upstream name, or (for generic upstream names) its release folder and name joined by "_"
         assert entry.file in (upstream_name, f"{upstream_dir}_{upstream_name}"), entry.file
         assert set(entry.workflows) <= set(workflows.WORKFLOWS), entry.workflows
+        assert entry.workflows or entry.optional, f"{entry.name}: a required entry names the workflows that need it"
+
+
+def test_rife_interpolation_checkpoint_entry_is_optional_and_linked_into_the_pack():
+    entry = manifest.entry("rife47")
+    assert entry.optional and entry.workflows == () and entry.folder == "frame_interpolation"
+    # ComfyUI-Frame-Interpolation's vfi_utils looks for <pack>/ckpts/<model_type>/<ckpt_name> (config.yaml ckpts_path)
+    assert entry.pack_path == "custom_nodes/ComfyUI-Frame-Interpolation/ckpts/rife/rife47.pth"
+    # the name the RIFE VFI node takes (CKPT_NAME_VER_DICT: rife47.pth is architecture 4.7)
+    assert entry.file == "rife47.pth"
 
 
 @pytest.mark.parametrize("workflow", sorted(workflows.WORKFLOWS))
@@ -83,6 +94,11 @@ def test_provision_reads_the_same_manifest():
     (lambda d: d["models"][0].update(sha256="xyz"), "sha256"),
     (lambda d: d["models"][0].update(url="http://example.com/a"), "url"),
     (lambda d: d["models"].append(dict(d["models"][0])), "duplicate"),
+    (lambda d: d["models"][0].update(workflows=[]), "workflows"),
+    (lambda d: d["models"][0].update(optional="yes"), "optional"),
+    (lambda d: d["models"][-1].update(pack_path="/etc/rife47.pth"), "pack_path"),
+    (lambda d: d["models"][-1].update(pack_path="custom_nodes/../../x/rife47.pth"), "pack_path"),
+    (lambda d: d["models"][-1].update(pack_path="custom_nodes/P/ckpts/rife/other.pth"), "pack_path"),
 ])
 def test_bad_manifests_are_refused(mutate, message):
     data = raw_manifest()

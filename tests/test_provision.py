@@ -294,3 +294,77 @@ def test_manifest_rules_are_tenexa_manifest_rules_but_plain_http_is_allowed(tmp_
 def test_repository_manifest_reads_the_same_as_tenexa_manifest():
     path = REPO_ROOT / "models.json"
     assert provision.load_manifest(path) == list(manifest.load_manifest(path))
+
+
+# --- files a node pack reads from its own folder (pack_path) ---------------------------------------------
+
+PACK_PATH = "custom_nodes/ComfyUI-Frame-Interpolation/ckpts/rife/rife47.pth"
+
+
+def _rife_manifest(path: Path, url: str) -> Path:
+    raw = {"name": "rife47", "folder": "frame_interpolation", "file": "rife47.pth", "url": url, "size": None, "sha256": None,
+           "workflows": [], "optional": True, "pack_path": PACK_PATH}
+    path.write_text(json.dumps({"models": [raw]}))
+    return path
+
+
+def _layout(tmp_path: Path, *, pack: bool = True, on_volume: bool = True) -> tuple[Path, Path]:
+    comfy, volume = tmp_path / "comfy", tmp_path / "vol"
+    if pack:
+        (comfy / "custom_nodes" / "ComfyUI-Frame-Interpolation").mkdir(parents=True)
+    if on_volume:
+        (volume / "models" / "frame_interpolation").mkdir(parents=True)
+        (volume / "models" / "frame_interpolation" / "rife47.pth").write_bytes(b"rife weights")
+    return comfy, volume
+
+
+def test_link_only_links_a_volume_checkpoint_into_the_interpolation_pack(tmp_path):
+    comfy, volume = _layout(tmp_path)
+    manifest_path = _rife_manifest(tmp_path / "models.json", "https://example.invalid/rife47.pth")
+    args = ["--manifest", str(manifest_path), "--comfy-root", str(comfy), "--volume-root", str(volume), "--link-only"]
+    assert provision.main(args) == 0
+    target = comfy / PACK_PATH
+    assert target.is_symlink() and target.read_bytes() == b"rife weights"
+    assert provision.main(args) == 0 and target.read_bytes() == b"rife weights", "a second run keeps the link"
+    # the volume copy goes away: the stale link is removed, so the worker sees no checkpoint (and falls back)
+    (volume / "models" / "frame_interpolation" / "rife47.pth").unlink()
+    assert provision.main(args) == 0
+    assert not target.is_symlink() and not target.exists()
+
+
+def test_models_none_still_links_pack_files(tmp_path):
+    comfy, volume = _layout(tmp_path)
+    manifest_path = _rife_manifest(tmp_path / "models.json", "https://example.invalid/rife47.pth")
+    assert provision.main(["--manifest", str(manifest_path), "--comfy-root", str(comfy), "--volume-root", str(volume),
+                           "--models", "none"]) == 0
+    assert (comfy / PACK_PATH).read_bytes() == b"rife weights"
+
+
+def test_pack_file_is_not_linked_without_the_pack_and_a_real_file_is_kept(tmp_path):
+    comfy, volume = _layout(tmp_path, pack=False)
+    entries = provision.load_manifest(_rife_manifest(tmp_path / "models.json", "https://example.invalid/rife47.pth"))
+    assert provision.link_pack_files(entries, comfy_root=comfy, search_roots=[comfy, volume]) == []
+    assert not (comfy / "custom_nodes").exists()
+    real = comfy / PACK_PATH
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"put there by hand")
+    assert provision.link_pack_files(entries, comfy_root=comfy, search_roots=[comfy, volume]) == []
+    assert real.read_bytes() == b"put there by hand" and not real.is_symlink()
+
+
+def test_optional_model_that_fails_to_download_does_not_fail_provisioning(server, tmp_path, caplog):
+    comfy, volume = _layout(tmp_path, on_volume=False)
+    manifest_path = _rife_manifest(tmp_path / "models.json", f"{server.url}/m/rife47.pth")  # 404
+    rc = provision.main(["--manifest", str(manifest_path), "--comfy-root", str(comfy), "--volume-root", str(volume)])
+    assert rc == 0
+    assert any("optional model rife47 not provisioned" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert not (comfy / PACK_PATH).exists()
+
+
+def test_downloaded_pack_file_is_linked(server, tmp_path):
+    comfy, volume = _layout(tmp_path, on_volume=False)
+    server.files["/m/rife47.pth"] = b"downloaded rife"
+    manifest_path = _rife_manifest(tmp_path / "models.json", f"{server.url}/m/rife47.pth")
+    assert provision.main(["--manifest", str(manifest_path), "--comfy-root", str(comfy), "--volume-root", str(volume)]) == 0
+    assert (comfy / "models" / "frame_interpolation" / "rife47.pth").read_bytes() == b"downloaded rife"
+    assert (comfy / PACK_PATH).is_symlink() and (comfy / PACK_PATH).read_bytes() == b"downloaded rife"

@@ -65,11 +65,48 @@ def test_length_alias():
     ("output", "s3", "one of"), ("scheduler", "bogus", "one of"), ("prompt", 5, "string"), ("prompt", "x" * 5000, "limit"),
     ("prompt", "a\x00b", "NUL"), ("lora_high", "../../etc/passwd", "loras folder"), ("lora_low", "/abs.safetensors", "loras folder"),
     ("lora_high", "", "non-empty"),
+    ("resolution", "1080p", "one of"), ("resolution", 480, "one of"), ("aspect_ratio", "4:3", "one of"),
+    ("aspect_ratio", ["9", "16"], "one of"), ("interpolate", 0, "between 1 and 4"), ("interpolate", 5, "between 1 and 4"),
+    ("interpolate", 2.5, "integer"), ("interpolate", True, "integer"), ("interpolator", "film", "one of"),
+    ("adjust_fps_for_interpolation", "yes", "true or false"), ("adjust_fps_for_interpolation", 1, "true or false"),
+    ("codec", "av1", "one of"), ("codec", "H264", "one of"), ("quality", "ultra", "one of"), ("quality", -1, "between 0 and 51"),
+    ("quality", 52, "between 0 and 51"), ("quality", [19], "preset"), ("quality", True, "preset"),
+    ("return_last_frame", "true", "true or false"), ("return_last_frame", 0, "true or false"),
 ])
 def test_bad_fields_are_named(field, value, fragment):
     code, message = code_of({**IMG, field: value})
     assert code is ErrorCode.INVALID_INPUT
     assert message.startswith(field) and fragment in message
+
+
+def test_output_options_defaults_and_values():
+    req = parse_generate(IMG)
+    assert (req.codec, req.quality, req.return_last_frame) == ("h264", "high", False)
+    assert (req.interpolate, req.interpolator, req.adjust_fps_for_interpolation) == (1, "auto", True)
+    assert (req.resolution, req.aspect_ratio) == (None, None)
+    req = parse_generate({**IMG, "codec": "vp9", "quality": 63, "return_last_frame": True, "interpolate": 4,
+                          "interpolator": "ffmpeg", "adjust_fps_for_interpolation": False})
+    assert (req.codec, req.quality, req.return_last_frame, req.interpolate, req.interpolator) == ("vp9", 63, True, 4, "ffmpeg")
+    assert req.adjust_fps_for_interpolation is False
+    assert parse_generate({**IMG, "codec": "h265", "quality": "low"}).quality == "low"
+    assert parse_generate({**IMG, "quality": 23.0}).quality == 23
+
+
+def test_crf_range_follows_the_codec():
+    assert parse_generate({**IMG, "codec": "vp9", "quality": 60}).quality == 60
+    code, message = code_of({**IMG, "codec": "h265", "quality": 60})
+    assert code is ErrorCode.INVALID_INPUT and "between 0 and 51" in message
+
+
+def test_size_presets_are_an_alternative_to_width_and_height():
+    req = parse_generate({**IMG, "resolution": "720p", "aspect_ratio": "9:16"})
+    assert (req.resolution, req.aspect_ratio, req.width, req.height) == ("720p", "9:16", None, None)
+    assert parse_generate({**IMG, "aspect_ratio": "1:1", "width": 512}).width == 512  # one side + a ratio is enough
+    for bad, field in (({"resolution": "480p", "width": 832}, "resolution"), ({"resolution": "580p", "height": 480}, "resolution"),
+                       ({"aspect_ratio": "16:9", "width": 832, "height": 480}, "aspect_ratio")):
+        code, message = code_of({**IMG, **bad})
+        assert code is ErrorCode.INVALID_INPUT and message.startswith(field), message
+        assert "not both" in message or "at most one" in message
 
 
 def test_image_field_types():
@@ -157,14 +194,14 @@ def test_accepted_prompts_are_read_word_for_word_by_the_encoder(prompt):
 # ---------------------------------------------------------------------------------- frames, scheduler, split, LoRA
 
 
-def test_frames_over_the_window_are_refused_with_the_limit():
+def test_frames_over_the_clip_limit_are_refused_with_the_limit():
     code, message = code_of_with({**IMG, "frames": 161}, max_frames=81)
     assert code is ErrorCode.INVALID_INPUT
-    assert message == ("frames: 161 frames is more than one generation window holds on this worker (81, MAX_WINDOW_FRAMES; "
-                       "Wan2.2 is trained at 81 and drifts back to the first frame in longer windows); ask for at most 81 frames")
-    assert code_of_with({**IMG, "length": 83}, max_frames=81)[1].startswith("length: 83 rounds to 85 frames is more than")
+    assert message == ("frames: 161 is more frames than this worker makes in one job (81, MAX_FRAMES); "
+                       "ask for fewer or chain clips with return_last_frame")
+    assert code_of_with({**IMG, "length": 83}, max_frames=81)[1].startswith("length: 83 (rounds to 85) is more frames than")
     assert parse_generate({**IMG, "frames": 82}, max_frames=81).frames == 82  # rounds to 81: fits
-    assert parse_generate({**IMG, "frames": 161}, max_frames=161).frames == 161
+    assert parse_generate({**IMG, "frames": 161}, max_frames=161).frames == 161  # more than one window: windows, not a refusal
 
 
 def code_of_with(job_input, **kw):

@@ -43,10 +43,10 @@ def test_recorded_object_info_is_stamped_and_covers_every_class():
     stamp = data["recorded"]
     assert stamp["comfyui_version"] == "0.8.0"
     assert stamp["comfyui_commit"].startswith("3cd7b32f")
-    for key in ("wanvideowrapper_commit", "vhs_commit", "kjnodes_commit"):
+    for key in ("wanvideowrapper_commit", "vhs_commit", "kjnodes_commit", "frame_interpolation_commit"):
         assert len(stamp[key]) == 40
     selftest = {"LoadImage", "ImageScale", "RepeatImageBatch", "VHS_VideoCombine", "SaveVideo", "CreateVideo"}
-    assert set(workflows.required_classes()) | selftest <= set(OBJECT_INFO)
+    assert set(workflows.required_classes()) | set(workflows.ADDED_CLASSES) | selftest <= set(OBJECT_INFO)
 
 
 def test_stamp_matches_stack_lock():
@@ -223,3 +223,17 @@ def test_cli_reports_one_line_per_problem(tmp_path):
 def test_cli_check_files_needs_a_live_server():
     proc = run_cli("--check-files", str(workflows.workflow_path("flf2v")))
     assert proc.returncode == 2 and "--url" in proc.stderr
+
+
+def test_format_widgets_match_the_recorded_video_node():
+    """formats.VHS_WIDGETS (what bind keeps on the video node) is what the pinned VHS declares per format."""
+    from tenexa import formats
+
+    spec = OBJECT_INFO["VHS_VideoCombine"]["input"]["required"]["format"]
+    recorded = spec[1]["formats"]
+    for vhs_format, widgets in formats.VHS_WIDGETS.items():
+        assert vhs_format in spec[0]
+        assert tuple(w[0] for w in recorded[vhs_format]) == widgets, vhs_format
+    for name, value in formats.LOSSLESS_WIDGETS.items():
+        (widget,) = [w for w in recorded[formats.LOSSLESS_VHS_FORMAT] if w[0] == name]
+        assert value in widget[1] if isinstance(widget[1], list) else widget[1] == "INT", name

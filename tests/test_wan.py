@@ -66,6 +66,42 @@ def test_default_size_properties(img_w, img_h):
         assert abs((width / height) / (img_w / img_h) - 1) < 0.1
 
 
+@pytest.mark.parametrize(("resolution", "aspect", "size"), [
+    ("480p", "16:9", (848, 480)), ("480p", "9:16", (480, 848)), ("480p", "1:1", (624, 624)),
+    ("580p", "16:9", (1024, 576)), ("580p", "9:16", (576, 1024)), ("580p", "1:1", (768, 768)),
+    ("720p", "16:9", (1280, 720)), ("720p", "9:16", (720, 1280)), ("720p", "1:1", (960, 960)),
+    (None, "9:16", (480, 848)),  # a ratio alone keeps the 480p area
+    ("720p", None, (960, 960)), ("720p", "auto", (960, 960)),  # the image's aspect (square here)
+])
+def test_resolution_presets_name_an_area_and_the_aspect_a_ratio(resolution, aspect, size):
+    assert wan.output_size((1000, 1000), resolution=resolution, aspect_ratio=aspect) == size
+
+
+def test_aspect_ratio_with_one_side_sets_the_other():
+    assert wan.output_size((1920, 1080), width=64, aspect_ratio="9:16") == (64, 112)
+    assert wan.output_size((1920, 1080), height=720, aspect_ratio="1:1") == (720, 720)
+
+
+@pytest.mark.parametrize(("image", "output", "box"), [
+    ((1920, 1080), (480, 848), (654, 0, 611, 1080)),  # landscape -> portrait: a centred vertical strip, full height
+    ((1080, 1920), (848, 480), (0, 654, 1080, 611)),  # portrait -> landscape: a centred horizontal band
+    ((96, 64), (64, 64), (16, 0, 64, 64)),
+    ((832, 480), (832, 480), (0, 0, 832, 480)),  # same aspect: the whole image
+])
+def test_crop_box_is_the_centred_region_of_the_output_aspect(image, output, box):
+    assert wan.crop_box(image, output) == box
+
+
+@given(st.integers(16, 6000), st.integers(16, 6000), st.sampled_from(list(wan.ASPECT_RATIOS)))
+def test_crop_box_never_stretches(img_w, img_h, ratio):
+    width, height = wan.output_size((img_w, img_h), aspect_ratio=ratio)
+    x, y, w, h = wan.crop_box((img_w, img_h), (width, height))
+    assert 0 <= x and 0 <= y and x + w <= img_w and y + h <= img_h
+    assert w == img_w or h == img_h  # as large as it can be
+    assert abs(x - (img_w - x - w)) <= 1 and abs(y - (img_h - y - h)) <= 1  # centred
+    assert abs(w / h - width / height) <= max(1 / h, width / height / w) * 1.01  # the output's aspect, up to rounding
+
+
 def test_bad_image_size_is_refused():
     with pytest.raises(ValueError):
         wan.output_size((0, 100))

@@ -18,10 +18,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tenexa import manifest, wan, workflows
+from tenexa import formats, manifest, wan, workflows
 from tenexa.config import REPO_ROOT, ConfigError, load_settings
 from tenexa.errors import ErrorCode, TenexaError
-from tenexa.request import DEFAULT_NEGATIVE_PROMPT, SCHEDULERS, WORKFLOW_NAMES, parse_generate
+from tenexa.formats import CODECS, QUALITY_PRESETS
+from tenexa.request import ASPECT_RATIOS, DEFAULT_NEGATIVE_PROMPT, RESOLUTIONS, SCHEDULERS, WORKFLOW_NAMES, parse_generate
 from tenexa.validator import load_object_info, validate
 
 OBJECT_INFO = load_object_info()
@@ -32,7 +33,7 @@ PNG = "iVBORw0KGgo="  # located only, never decoded by parse_generate
 REQUEST_PARAMS = {
     "start_image", "prompt", "negative_prompt", "seed", "steps", "high_steps", "cfg", "cfg_low", "frames", "width",
     "height", "fps", "shift", "scheduler", "lora_high", "lora_high_strength", "lora_low", "lora_low_strength",
-    "output_prefix",
+    "output_prefix", "video_format", "pix_fmt", "crf",
     *(f"lora_{expert}_{slot}{suffix}" for expert in ("high", "low") for slot in range(1, 5) for suffix in ("", "_strength")),
 }
 RUNTIME_PARAMS = {"attention_mode", "base_precision", "quantization", "load_device", "blocks_to_swap", "vae_precision",
@@ -385,18 +386,19 @@ def test_bad_window_settings_are_refused(env, message):
 
 
 def test_bind_refuses_windows_over_the_limits_naming_the_field():
-    with pytest.raises(TenexaError) as info:
-        bind(request(frames=121), settings_=SETTINGS)
-    assert info.value.code is ErrorCode.INVALID_INPUT and info.value.details["field"] == "frames"
-    assert "MAX_WINDOW_FRAMES" in info.value.message
+    used = bind(request(frames=121), settings_=SETTINGS).used  # longer than a window (81): two windows, not a refusal
+    assert used["segments"] == [61, 61] and used["frames"] == 121
     with pytest.raises(TenexaError) as info:
         bind(request(width=1920, height=1080))
     assert info.value.details["field"] == "width" and "MAX_LATENT_TOKENS" in info.value.message
     with pytest.raises(TenexaError) as info:  # no size given: the frames are what the caller chose
         bind(request(frames=81), image_size=(100, 100), settings_=load_settings({"MAX_LATENT_TOKENS": "20000"}))
     assert info.value.details["field"] == "frames" and "20,000" in info.value.message
+    with pytest.raises(TenexaError) as info:  # a clip of windows: the longest window is what must fit
+        bind(request(frames=161), image_size=(100, 100), settings_=load_settings({"MAX_LATENT_TOKENS": "20000"}))
+    assert info.value.message.startswith("frames: the clip is made in 2 windows of up to 81 frames; ")
     big = load_settings({"MAX_WINDOW_FRAMES": "121", "MAX_LATENT_TOKENS": "252960"})  # exactly 1920x1088x121
-    assert bind(request(frames=121, width=1920, height=1088), settings_=big).used["frames"] == 121
+    assert bind(request(frames=121, width=1920, height=1088), settings_=big).used["segments"] == [121]
 
 
 # ---------------------------------------------------------------------------------- property test
@@ -409,7 +411,11 @@ requests_ = st.fixed_dictionaries(
      "prompt": text},
     optional={"width": st.integers(64, 1920), "height": st.integers(64, 1920), "negative_prompt": text,
               "lora_high": st.sampled_from(["none", "a.safetensors"]), "lora_low": st.sampled_from(["none", "b.safetensors"]),
-              "lora_high_strength": st.floats(-10, 10), "lora_low_strength": st.floats(-10, 10)},
+              "lora_high_strength": st.floats(-10, 10), "lora_low_strength": st.floats(-10, 10),
+              "resolution": st.sampled_from(RESOLUTIONS), "aspect_ratio": st.sampled_from(ASPECT_RATIOS),
+              "interpolate": st.integers(1, 4), "adjust_fps_for_interpolation": st.booleans(),
+              "codec": st.sampled_from(CODECS), "quality": st.sampled_from(QUALITY_PRESETS) | st.integers(0, 51),
+              "return_last_frame": st.booleans()},
 )
 runtime = st.fixed_dictionaries({
     "TENEXA_ATTENTION": st.sampled_from(["sdpa", "sageattn", "comfy"]),
@@ -433,14 +439,27 @@ def request_or_skip(workflow, **fields):
         raise
 
 
+def _consistent(fields: dict) -> dict:
+    """Drop the size fields a request may not combine (presets are an alternative to width/height)."""
+    if "resolution" in fields:
+        fields.pop("width", None)
+        fields.pop("height", None)
+    if "aspect_ratio" in fields and "width" in fields:
+        fields.pop("height", None)
+    return fields
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fields=requests_, env=runtime, image=st.tuples(st.integers(16, 4000), st.integers(16, 4000)),
-       prefix=st.text(alphabet=string.ascii_lowercase + "_/", min_size=1, max_size=20))
-def test_bound_graph_invariants(fields, env, image, prefix):
-    fields = dict(fields)
+       prefix=st.text(alphabet=string.ascii_lowercase + "_/", min_size=1, max_size=20),
+       interpolator=st.sampled_from(["none", "rife", "ffmpeg"]))
+def test_bound_graph_invariants(fields, env, image, prefix, interpolator):
+    fields = _consistent(dict(fields))
     workflow = fields.pop("workflow")
     req = request_or_skip(workflow, **fields)
-    bound = bind(req, image_size=image, settings_=load_settings({**env, **UNLIMITED}), prefix=prefix)
+    bound = workflows.bind(req, image_size=image, settings=load_settings({**env, **UNLIMITED}), start_image="in/start.png",
+                           end_image="in/end.png" if workflow == "flf2v" else None, output_prefix=prefix,
+                           interpolator=interpolator)
     g, used = bound.graph, bound.used
 
     # the graph ComfyUI gets is valid for the pinned node packs
@@ -493,9 +512,43 @@ def test_bound_graph_invariants(fields, env, image, prefix):
         assert images == {"in/start.png"} and "end_image" not in encode["inputs"]
     assert g[g[encode["inputs"]["start_image"][0]]["inputs"]["image"][0]]["inputs"]["image"] == "in/start.png"
 
+    # the video node: the asked codec at the asked quality, or a lossless intermediate for the worker to finish
     (vhs,) = nodes_of(g, "VHS_VideoCombine").values()
-    assert vhs["inputs"]["filename_prefix"] == prefix and vhs["inputs"]["frame_rate"] == float(req.fps)
-    assert (vhs["inputs"]["format"], vhs["inputs"]["pix_fmt"]) == ("video/h264-mp4", "yuv420p")
+    fmt = formats.video_format(req.codec)
+    multiplier = req.interpolate if interpolator != "none" else 1
+    out_fps = req.fps * multiplier if req.adjust_fps_for_interpolation else req.fps
+    assert vhs["inputs"]["filename_prefix"] == prefix
+    assert (used["codec"], used["container"], used["crf"]) == (req.codec, fmt.container, fmt.crf(req.quality))
+    assert used["output_fps"] == out_fps and used["output_frames"] == (frames - 1) * multiplier + 1
+    rife_nodes = nodes_of(g, "RIFE VFI")
+    if interpolator == "ffmpeg":
+        assert (vhs["inputs"]["format"], vhs["inputs"]["pix_fmt"], vhs["inputs"]["frame_rate"]) == ("video/ffv1-mkv", "bgra", req.fps)
+        assert "crf" not in vhs["inputs"] and not rife_nodes
+        assert (bound.finish.multiplier, bound.finish.fps, bound.finish.crf) == (multiplier, out_fps, used["crf"])
+    else:
+        assert (vhs["inputs"]["format"], vhs["inputs"]["pix_fmt"]) == (fmt.vhs_format, "yuv420p")
+        assert vhs["inputs"]["crf"] == used["crf"] and vhs["inputs"]["frame_rate"] == out_fps and bound.finish is None
+        assert len(rife_nodes) == (interpolator == "rife")
+    frames_in = vhs["inputs"]["images"]
+    if rife_nodes:
+        (rife_id, rife), = rife_nodes.items()
+        assert frames_in == [rife_id, 0] and rife["inputs"]["multiplier"] == req.interpolate
+        frames_in = rife["inputs"]["frames"]
+    assert g[frames_in[0]]["class_type"] == "WanVideoDecode"
+    saves = nodes_of(g, "SaveImage")
+    assert bool(saves) == req.return_last_frame == (bound.last_frame_node is not None)
+    if saves:  # the last frame of exactly what the video node receives
+        (save,) = saves.values()
+        pick = g[save["inputs"]["images"][0]]
+        assert pick["class_type"] == "ImageFromBatch" and pick["inputs"]["image"] == vhs["inputs"]["images"]
+
+    # the size: presets and aspect ratio, the start image centre-cropped to it
+    aspect = wan.ASPECT_RATIOS.get(req.aspect_ratio) if req.aspect_ratio not in (None, "auto") else None
+    if aspect is not None and (req.width is None or req.height is None) and min(width, height) > 64 and max(width, height) < 1920:
+        # each side is rounded to a multiple of 16 (by at most 8 px): that is all the shape may be off by
+        assert abs(width - height * aspect) <= 8 * (1 + aspect)
+    x, y, w, h = (used["crop"][k] for k in ("x", "y", "width", "height"))
+    assert 0 <= x and 0 <= y and x + w <= image[0] and y + h <= image[1] and abs(x - (image[0] - x - w)) <= 1
     assert used["attention_mode"] == env["TENEXA_ATTENTION"]
     assert bool(nodes_of(g, "LoadWanVideoT5TextEncoder")) == (env["TENEXA_TEXT_ENCODER"] == "t5")
     assert split == wan.expert_split(steps, req.shift, req.scheduler)  # the split of the scheduler that runs
@@ -505,22 +558,22 @@ def test_bound_graph_invariants(fields, env, image, prefix):
 @given(frames=st.integers(5, 241), size=st.tuples(st.integers(64, 1920), st.integers(64, 1920)) | st.none(),
        image=st.tuples(st.integers(16, 4000), st.integers(16, 4000)),
        limits=st.tuples(st.integers(1, 60).map(lambda n: 4 * n + 1), st.integers(32, 400_000)))
-def test_bind_refuses_exactly_the_windows_over_the_limits(frames, size, image, limits):
+def test_bind_refuses_exactly_the_windows_over_the_token_budget(frames, size, image, limits):
     max_frames, max_tokens = limits
     settings_ = load_settings({"MAX_WINDOW_FRAMES": str(max_frames), "MAX_LATENT_TOKENS": str(max_tokens),
                                "TENEXA_ATTENTION": "sdpa"})
     req = request(frames=frames, **({"width": size[0], "height": size[1]} if size else {}))
     width, height = wan.output_size(image, *(size or (None, None)))
-    fitted = wan.fit_frames(frames)
-    over = fitted > max_frames or wan.window_tokens(fitted, width, height) > max_tokens
+    longest = max(wan.plan_segments(wan.fit_frames(frames), max_frames))  # a clip longer than a window is windows
+    over = wan.window_tokens(longest, width, height) > max_tokens
     try:
         used = bind(req, image_size=image, settings_=settings_).used
     except TenexaError as err:
         assert over and err.code is ErrorCode.INVALID_INPUT
-        assert ("MAX_WINDOW_FRAMES" if fitted > max_frames else "MAX_LATENT_TOKENS") in err.message
-        assert "\n" not in err.message
+        assert "MAX_LATENT_TOKENS" in err.message and "\n" not in err.message
     else:
-        assert not over and wan.window_tokens(used["frames"], used["width"], used["height"]) <= max_tokens
+        assert not over and max(used["segments"]) <= max_frames
+        assert wan.window_tokens(max(used["segments"]), used["width"], used["height"]) <= max_tokens
 
 
 # ---------------------------------------------------------------------------------- node ids live in one place

@@ -15,6 +15,9 @@ Fixtures:
   ``extra_model_paths`` file; ``.url``, ``.port``, ``.root``, ``.log_path``, ``.models_dir``.
 - ``cpu_settings``: ``Settings`` for that server with the test-only overrides: attention sdpa, VAE fp32
   (bf16 Conv3d on CPU is unusably slow), text encoder ``cache`` (the T5 loader is removed from the graph).
+- ``rife_checkpoint``: random weights of the real RIFE 4.7 architecture at the path ComfyUI-Frame-Interpolation
+  reads (the manifest's ``pack_path``), so ``interpolator: rife`` runs without a download. Written only when
+  no file is there, and then deleted with the folders it created at session end.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import pytest
 import requests
 
 from tenexa.config import Settings, load_settings
+from tenexa.interpolation import rife_checkpoint as rife_checkpoint_path
 from tenexa.request import DEFAULT_NEGATIVE_PROMPT
 
 HERE = Path(__file__).resolve().parent
@@ -135,6 +139,9 @@ def comfy_server(comfy_install: ComfyInstall, tiny_models: TinyModels, tmp_path_
         [str(comfy_install.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
          "--disable-auto-launch", "--extra-model-paths-config", str(extra_paths)],
         cwd=comfy_install.root, stdout=log, stderr=subprocess.STDOUT,
+        # Unbuffered, as entrypoint.sh starts it: a test that reads the log right after a job must see that job's
+        # lines (block-buffered, a node's print() could land in the file during the next job).
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"http://127.0.0.1:{port}"
     server = ComfyServer(url, port, comfy_install.root, log_path, tiny_models.models_dir, process)
@@ -161,6 +168,23 @@ def comfy_server(comfy_install: ComfyInstall, tiny_models: TinyModels, tmp_path_
             process.wait(timeout=15)
         log.close()
         shutil.rmtree(comfy_install.root / "input" / "tenexa_it", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rife_checkpoint(comfy_install: ComfyInstall):
+    path = rife_checkpoint_path(comfy_install.root)
+    pack = comfy_install.root / "custom_nodes" / "ComfyUI-Frame-Interpolation"
+    if not pack.is_dir():
+        pytest.fail(f"{pack} is missing: stack.lock pins ComfyUI-Frame-Interpolation; reinstall the stack "
+                    "(python3 scripts/install_stack.py)")
+    created = [d for d in (path.parent.parent, path.parent) if not d.exists()]
+    written = [Path(p) for p in _run_tiny_wan(comfy_install, ["--rife-checkpoint", str(path)])["rife"]]
+    yield path
+    for file in written:  # only what this session wrote
+        file.unlink(missing_ok=True)
+    for folder in reversed(created):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 @pytest.fixture(scope="session")

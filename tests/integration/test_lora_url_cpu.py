@@ -91,7 +91,7 @@ def test_generate_with_a_lora_url_on_cpu(comfy_server, cpu_settings, tiny_models
 
     # The running ComfyUI lists the new file (no restart), and both experts' LoRA nodes loaded it.
     assert name in listed_loras(comfy_server.url)
-    log = comfy_server.log_path.read_text(encoding="utf-8", errors="replace")[log_start:]
+    log = comfy_server.log_path.read_bytes()[log_start:].decode("utf-8", errors="replace")  # st_size counts bytes, not characters
     assert log.count(f"Loading LoRA: tenexa-url/{sha} with strength: 0.8") == 2, log[-3000:]
     assert (cache_dir / f"{sha}.safetensors").read_bytes() == data
     assert LoraCache(cache_dir, limit_bytes=10**9, keep_recent_s=60).report()["entries"] == 1

@@ -4,6 +4,7 @@ Run with ComfyUI's interpreter (it has torch and the wrapper's VAE code):
 
     $COMFY_PYTHON tests/integration/tiny_wan.py --comfy-root $COMFY_ROOT --models-dir DIR \\
         [--prompt TEXT ...] [--report FILE]
+    $COMFY_PYTHON tests/integration/tiny_wan.py --comfy-root $COMFY_ROOT --rife-checkpoint PATH
 
 Writes, under the EXACT file names ``models.json`` lists (so the graphs bind unchanged):
 - ``diffusion_models/``: a Wan2.2-I2V-shaped transformer per expert (30 blocks, dim 192, ffn 384,
@@ -16,6 +17,9 @@ Writes, under the EXACT file names ``models.json`` lists (so the graphs bind unc
 - the wrapper's text embedding disk cache: ``<sha256(prompt.strip())>.pt`` for each prompt (a list with
   one [L, 4096] tensor), in ``custom_nodes/ComfyUI-WanVideoWrapper/text_embed_cache``. These files are
   inside the ComfyUI tree: the report lists exactly the files written, and the caller deletes them.
+- with ``--rife-checkpoint PATH``: the state dict of ComfyUI-Frame-Interpolation's own ``IFNet`` at
+  architecture 4.7 (what ``rife47.pth`` loads into), randomly initialised, written to PATH unless a file is
+  there already (then nothing is written, and the report's ``rife`` list is empty).
 
 Facts behind the shapes: ../../../shared/reference/tiny-wan-on-cpu.md (same pinned stack).
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -109,10 +114,51 @@ def random_vae(comfy_root: Path) -> tuple[dict[str, torch.Tensor], str]:
     vae_module = wrapper_vae_module(comfy_root)
     torch.manual_seed(0)
     try:
-        return vae_module.WanVideoVAE(dtype=torch.float32, pruning_rate=0.75).state_dict(), "light"
+        return finite_init(vae_module.WanVideoVAE(dtype=torch.float32, pruning_rate=0.75).state_dict()), "light"
     except Exception as exc:  # noqa: BLE001 - fall back to the full VAE, say why
         print(f"light VAE failed ({exc!r}); building the full VAE", file=sys.stderr)
-        return vae_module.WanVideoVAE(dtype=torch.float32, pruning_rate=0.0).state_dict(), "full"
+        return finite_init(vae_module.WanVideoVAE(dtype=torch.float32, pruning_rate=0.0).state_dict()), "full"
+
+
+def finite_init(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Fill every float tensor with values a forward pass keeps finite.
+
+    The wrapper builds the VAE without initialising its parameters (uninitialised memory: values up to 1e38 and
+    NaN), so a decode of such weights is NaN and every frame comes out black, which makes frames of a tiny run
+    indistinguishable. Weights get N(0, 1/fan_in), biases 0, norm scales (gamma) 1.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            out[name] = tensor
+        elif name.endswith("gamma"):
+            out[name] = torch.ones_like(tensor)
+        elif name.endswith("bias") or tensor.dim() < 2:
+            out[name] = torch.zeros_like(tensor)
+        else:
+            fan_in = tensor[0].numel()
+            out[name] = torch.randn(tensor.shape, generator=gen) / fan_in**0.5
+    return out
+
+
+def write_random_rife(comfy_root: Path, path: Path, seed: int = 400) -> list[str]:
+    """Random weights of the real RIFE 4.7 architecture, saved the way rife47.pth is (a plain state dict)."""
+    if path.exists():
+        return []
+    sys.path.insert(0, str(comfy_root))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    arch_file = comfy_root / "custom_nodes" / "ComfyUI-Frame-Interpolation" / "vfi_models" / "rife" / "rife_arch.py"
+    module_spec = importlib.util.spec_from_file_location("tenexa_rife_arch", arch_file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    torch.manual_seed(seed)
+    state = module.IFNet(arch_ver="4.7").state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return [str(path)]
 
 
 def embed_file(comfy_root: Path, prompt: str) -> Path:
@@ -163,9 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embeds-only", action="store_true", help="only cache embeddings for the given prompts")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt to cache an embedding for (repeatable)")
     parser.add_argument("--report", type=Path, help="write the list of files written here (JSON)")
+    parser.add_argument("--rife-checkpoint", type=Path, help="only write random RIFE 4.7 weights to this path")
     args = parser.parse_args(argv)
     root = args.comfy_root.resolve()
-    if args.embeds_only:
+    if args.rife_checkpoint:
+        report = {"models": [], "embeds": [], "rife": write_random_rife(root, args.rife_checkpoint)}
+    elif args.embeds_only:
         report = {"models": [], "embeds": cache_embeddings(root, args.prompt)}
     elif args.models_dir is None:
         parser.error("--models-dir is required unless --embeds-only")

@@ -279,3 +279,22 @@ def test_ctrl_c_cancels_the_remote_job(standin, tiny_png) -> None:
     assert "/v2/standin-ep/cancel/job-1" in server.paths("POST")
     assert "cancelled job job-1" in stderr and "Traceback" not in stderr
     assert SECRET_KEY not in stdout + stderr
+
+
+def test_output_option_flags_and_the_last_frame(standin, tiny_mp4, tiny_png, tmp_path) -> None:
+    frame = tiny_png.read_bytes()
+    output = success_output(tiny_mp4, last_frame_base64=base64.b64encode(frame).decode())
+    server = standin(Scenario(statuses=[{"status": "IN_QUEUE"}, {"status": "COMPLETED", "output": output}]))
+    out, last = tmp_path / "clip.webm", tmp_path / "last.png"
+    result = run_script("send_test.py", server.endpoint_url, "--image", str(tiny_png), "--resolution", "720p",
+                        "--aspect-ratio", "9:16", "--interpolate", "2", "--interpolator", "rife", "--codec", "vp9",
+                        "--quality", "30", "--output", str(out), "--last-frame", str(last), *FAST)
+    assert result.returncode == 0, result.stderr
+    sent = next(r for r in server.requests if r.path.endswith("/run")).body["input"]
+    assert {k: v for k, v in sent.items() if k != "image_base64"} == {
+        "resolution": "720p", "aspect_ratio": "9:16", "interpolate": 2, "interpolator": "rife", "codec": "vp9",
+        "quality": 30, "return_last_frame": True}
+    assert out.read_bytes() == tiny_mp4 and last.read_bytes() == frame
+    assert any(line.split()[:2] == ["last", "frame"] and str(last) in line for line in result.stdout.splitlines())
+    dry = run_script("send_test.py", "ep", "--image", str(tiny_png), "--quality", "medium", "--dry-run")
+    assert json.loads(dry.stdout)["input"]["quality"] == "medium"
