@@ -266,11 +266,13 @@ def find_python(minor: str, explicit: str | None) -> str:
             raise InstallError(f"--python {explicit} is not Python {minor} (the minor requirements-stack.lock was resolved for)")
         return explicit
     candidates = [sys.executable, shutil.which(f"python{minor}")]
-    candidates += sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{minor}.*/bin/python{minor}")), reverse=True)
+    # pyenv's installs: $PYENV_ROOT (pyenv's own variable) first, then its default ~/.pyenv
+    for root in dict.fromkeys(filter(None, (os.environ.get("PYENV_ROOT"), os.path.expanduser("~/.pyenv")))):
+        candidates += sorted(glob.glob(os.path.join(root, "versions", f"{minor}.*", "bin", f"python{minor}")), reverse=True)
     for candidate in filter(None, candidates):
         if _python_minor(candidate) == minor:
             return candidate
-    raise InstallError(f"no Python {minor} found (tried this interpreter, python{minor} on PATH, ~/.pyenv); pass --python")
+    raise InstallError(f"no Python {minor} found (tried this interpreter, python{minor} on PATH, $PYENV_ROOT, ~/.pyenv); pass --python")
 
 
 def ensure_venv(venv: Path, minor: str, python_arg: str | None) -> Path:

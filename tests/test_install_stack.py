@@ -238,6 +238,23 @@ def test_wrong_python_minor_is_refused(fake: FakeStack):
     assert "is not Python 2.7" in _error_line(fake.run())
 
 
+def test_python_is_found_under_pyenv_root_when_home_is_elsewhere(tmp_path, monkeypatch):
+    """CI may run with an empty $HOME while pyenv lives at $PYENV_ROOT (pyenv's own variable)."""
+    install_stack = _installer_module()
+    pyenv = tmp_path / "pyenv"
+    wanted = pyenv / "versions" / "9.9.1" / "bin" / "python9.9"
+    wanted.parent.mkdir(parents=True)
+    wanted.write_text("")
+    monkeypatch.setenv("PYENV_ROOT", str(pyenv))
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
+    monkeypatch.setattr(install_stack.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(install_stack, "_python_minor", lambda path: "9.9" if path == str(wanted) else "0.0")
+    assert install_stack.find_python("9.9", None) == str(wanted)
+    monkeypatch.delenv("PYENV_ROOT")
+    with pytest.raises(install_stack.InstallError, match=r"no Python 9.9 found .*\$PYENV_ROOT, ~/.pyenv"):
+        install_stack.find_python("9.9", None)
+
+
 # --- the repository's own stack: one truth read by the installer, the Dockerfile and CI ---------------------------
 
 
