@@ -20,7 +20,7 @@ from tenexa.images import PreparedImage, prepare_image
 from tenexa.logs import log
 from tenexa.loras import fetch_loras
 from tenexa.pipeline import PipelineResult, fetch_image, run_graph
-from tenexa.progress import ProgressReporter
+from tenexa.progress import ProgressReporter, fetching_loras, send_once
 from tenexa.request import GenerateRequest, parse_generate
 from tenexa.video import probe_video
 from tenexa.workflows import BoundWorkflow
@@ -121,7 +121,8 @@ def generate(
     start = prepare_image(request.image, settings)
     end = prepare_image(request.end_image, settings) if request.end_image else None
     workflows.check_window(request, (start.width, start.height), settings)  # before any LoRA is downloaded
-    request = fetch_loras(request, settings, cancel=cancel)
+    request = fetch_loras(request, settings, cancel=cancel,
+                          on_progress=lambda done, total: send_once(send_progress, fetching_loras(done, total)))
     interpolator = choose_interpolator(request, settings, client)
     deadline = started + settings.exec_timeout
     with rendered(job_id, request, start, end, settings=settings, client=client, deadline=deadline, cancel=cancel,

@@ -24,6 +24,7 @@ import math
 import re
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -361,17 +362,24 @@ def _download(url: str, field: str, *, cache: LoraCache, policy: UrlPolicy, sett
 
 
 def fetch_loras(request: GenerateRequest, settings: Settings, *, policy: UrlPolicy | None = None,
-                cache: LoraCache | None = None, cancel: threading.Event | None = None) -> GenerateRequest:
-    """The request with every LoRA URL replaced by the name ComfyUI lists for its cached file."""
-    if not any(ref.url for ref in request.loras):
+                cache: LoraCache | None = None, cancel: threading.Event | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> GenerateRequest:
+    """The request with every LoRA URL replaced by the name ComfyUI lists for its cached file.
+
+    ``on_progress(done, total)`` is called before each URL's fetch and once when all are in place.
+    """
+    total = sum(1 for ref in request.loras if ref.url)
+    if not total:
         return request
     cache = cache or LoraCache.from_settings(settings)
     policy = policy or UrlPolicy.from_settings(settings)
-    resolved = []
+    report = on_progress or (lambda _done, _total: None)
+    resolved, done = [], 0
     for ref in request.loras:
         if ref.url is None:
             resolved.append(ref)
             continue
+        report(done, total)
         field = f"{ref.field}.url"
         try:
             entry = fetch_lora(ref.url, field, cache=cache, policy=policy, settings=settings, cancel=cancel)
@@ -379,5 +387,7 @@ def fetch_loras(request: GenerateRequest, settings: Settings, *, policy: UrlPoli
             err.details.setdefault("field", field)
             raise
         resolved.append(replace(ref, name=cache.comfy_name(entry.sha256), sha256=entry.sha256))
+        done += 1
+    report(total, total)
     return replace(request, loras=tuple(resolved))
 

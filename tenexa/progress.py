@@ -4,7 +4,8 @@ Payload (one JSON object per update)::
 
     {"phase": "sampling_high", "step": 3, "total": 10, "percent": 31.2, "eta_s": 140.5, "node": "220"}
 
-Phases, in the order a job normally passes them: uploading, queued, loading_models, sampling_high,
+Phases, in the order a job normally passes them: fetching_loras (only for LoRAs given by URL, before the graph
+exists: ``step`` LoRAs of ``total`` are in place, a cached one at once), uploading, queued, loading_models, sampling_high,
 sampling_low, decoding, interpolating (only with ``interpolate`` > 1: the RIFE node in the graph, or the
 worker's ffmpeg pass after it), encoding, delivering. ``loading_models`` covers everything ComfyUI runs before a
 sampler's first step (loaders, text and image encoding, a sampler loading its expert's weights), so it
@@ -34,6 +35,21 @@ from typing import Any, Protocol
 from tenexa.validator import literal_int
 
 log = logging.getLogger("tenexa.progress")
+
+def fetching_loras(done: int, total: int) -> dict:
+    """The update for LoRA URLs being fetched (``done`` of ``total`` in place); sent before any reporter exists."""
+    return {"phase": "fetching_loras", "step": done, "total": total, "percent": 0.0, "eta_s": None, "node": None}
+
+
+def send_once(send: Callable[[dict], None] | None, payload: dict) -> None:
+    """One update outside a reporter; like the reporter, it never raises into the job."""
+    if send is None:
+        return
+    try:
+        send(payload)
+    except Exception:  # noqa: BLE001 - progress must never fail a job
+        log.warning("progress: could not send an update", exc_info=True)
+
 
 PHASES = (
     "uploading",

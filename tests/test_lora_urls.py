@@ -244,6 +244,32 @@ def test_lora_url_is_fetched_once_for_two_jobs(comfy_double, monkeypatch):
     assert cached.read_bytes() == data
 
 
+@pytest.mark.parametrize("sender_breaks", [False, True])
+def test_lora_url_fetching_is_a_progress_phase_before_the_upload(comfy_double, sender_breaks):
+    """Two URL LoRAs: ``fetching_loras`` 0/2, 1/2, 2/2 at 0 %, then the job's own phases; a progress sender that
+    raises never fails the job."""
+    from tenexa.generate import generate
+
+    settings = settings_for(comfy_double, ALLOW_PRIVATE_URLS="true", LORA_MODEL_DIM=str(DIM), PROGRESS_INTERVAL="0")
+    sent: list[dict] = []
+
+    def send(update: dict) -> None:
+        sent.append(update)
+        if sender_breaks:
+            raise RuntimeError("progress endpoint down")
+
+    with UrlServer() as srv:
+        srv.routes["/a.safetensors"] = srv.body(wan_lora(DIM, seed=1))
+        srv.routes["/b.safetensors"] = srv.body(wan_lora(DIM, seed=2))
+        job = {"image_base64": PNG, "frames": 9, "loras": [{"url": srv.url("/a.safetensors"), "expert": "high"},
+                                                           {"url": srv.url("/b.safetensors"), "expert": "low"}]}
+        out = generate("lora-progress", job, settings=settings, client=ComfyClient(comfy_double.url), send_progress=send)
+    assert out["status"] == "completed" and len(out["used"]["loras"]) == 2
+    phases = [p["phase"] for p in sent]
+    assert [(p["step"], p["total"], p["percent"]) for p in sent[:3]] == [(0, 2, 0.0), (1, 2, 0.0), (2, 2, 0.0)]
+    assert phases[:4] == ["fetching_loras"] * 3 + ["uploading"] and phases.count("fetching_loras") == 3
+
+
 def test_lora_url_concurrent_jobs_download_it_once(tmp_path):
     settings = cache_settings(tmp_path)
     data = wan_lora(DIM, seed=3)
