@@ -20,7 +20,7 @@ from tenexa.images import PreparedImage, prepare_image
 from tenexa.logs import log
 from tenexa.loras import fetch_loras
 from tenexa.pipeline import PipelineResult, fetch_image, run_graph
-from tenexa.progress import ProgressReporter, fetching_loras, send_once
+from tenexa.progress import ProgressReporter
 from tenexa.request import GenerateRequest, parse_generate
 from tenexa.video import probe_video
 from tenexa.workflows import BoundWorkflow
@@ -107,6 +107,20 @@ def rendered(
         workspace.cleanup()
 
 
+def _fetch_loras_reporting(request: GenerateRequest, settings: Settings, *, cancel: threading.Event | None,
+                           send_progress: Callable[[dict], None] | None) -> GenerateRequest:
+    """``fetch_loras`` with the ``fetching_loras`` phase reported, before the graph (and its reporter) exists.
+
+    A reporter of its own, closed before anything else happens, so its rate limit holds and an update it has
+    handed to RunPod lands before a LoRA error can become the job's result."""
+    reporter = ProgressReporter(send_progress or (lambda _payload: None), graph={}, interval=settings.progress_interval)
+    try:
+        return fetch_loras(request, settings, cancel=cancel,
+                           on_progress=lambda done, total: reporter.phase("fetching_loras", step=done, total=total))
+    finally:
+        reporter.close()
+
+
 def generate(
     job_id: str,
     job_input: Any,
@@ -121,8 +135,7 @@ def generate(
     start = prepare_image(request.image, settings)
     end = prepare_image(request.end_image, settings) if request.end_image else None
     workflows.check_window(request, (start.width, start.height), settings)  # before any LoRA is downloaded
-    request = fetch_loras(request, settings, cancel=cancel,
-                          on_progress=lambda done, total: send_once(send_progress, fetching_loras(done, total)))
+    request = _fetch_loras_reporting(request, settings, cancel=cancel, send_progress=send_progress)
     interpolator = choose_interpolator(request, settings, client)
     deadline = started + settings.exec_timeout
     with rendered(job_id, request, start, end, settings=settings, client=client, deadline=deadline, cancel=cancel,

@@ -36,22 +36,9 @@ from tenexa.validator import literal_int
 
 log = logging.getLogger("tenexa.progress")
 
-def fetching_loras(done: int, total: int) -> dict:
-    """The update for LoRA URLs being fetched (``done`` of ``total`` in place); sent before any reporter exists."""
-    return {"phase": "fetching_loras", "step": done, "total": total, "percent": 0.0, "eta_s": None, "node": None}
-
-
-def send_once(send: Callable[[dict], None] | None, payload: dict) -> None:
-    """One update outside a reporter; like the reporter, it never raises into the job."""
-    if send is None:
-        return
-    try:
-        send(payload)
-    except Exception:  # noqa: BLE001 - progress must never fail a job
-        log.warning("progress: could not send an update", exc_info=True)
-
 
 PHASES = (
+    "fetching_loras",
     "uploading",
     "queued",
     "loading_models",
@@ -62,7 +49,7 @@ PHASES = (
     "encoding",
     "delivering",
 )
-WORKER_PHASES = ("uploading", "queued", "interpolating", "delivering")
+WORKER_PHASES = ("fetching_loras", "uploading", "queued", "interpolating", "delivering")
 
 # Overall percent at which each phase starts and ends. Sampling dominates a Wan job's wall time; the
 # sampling band is shared by the graph's samplers in proportion to their steps.
@@ -291,8 +278,9 @@ class ProgressReporter:
 
     # --- inputs ---------------------------------------------------------------------------------------
 
-    def phase(self, name: str) -> None:
-        """A worker-side phase: uploading, queued, interpolating (the ffmpeg fallback) or delivering."""
+    def phase(self, name: str, *, step: int | None = None, total: int | None = None) -> None:
+        """A worker-side phase: fetching_loras (``step`` of ``total`` in place), uploading, queued,
+        interpolating (the ffmpeg fallback) or delivering."""
         try:
             with self._lock:
                 if self._closed:
@@ -301,6 +289,8 @@ class ProgressReporter:
                     log.warning("progress: unknown phase %r ignored", name)
                     return
                 self._enter(name, node=None)
+                if step is not None:
+                    self._step, self._total = step, total
                 self._changed()
         except Exception:
             log.warning("progress: phase(%r) failed", name, exc_info=True)
