@@ -235,7 +235,7 @@ def vae_state(comfy_root: Path) -> dict:
     prefix; the loader adds it when absent, so either form loads the same.
     """
     torch = _torch()
-    vae = _tiny_wan().wrapper_vae_module(comfy_root).WanVideoVAE(dtype=torch.float32, pruning_rate=0.0)
+    vae = _tiny_wan().wrapper_module(comfy_root, "wanvideo.wan_video_vae").WanVideoVAE(dtype=torch.float32, pruning_rate=0.0)
     gen = torch.Generator().manual_seed(0)
     state = {}
     for name, value in vae.state_dict().items():

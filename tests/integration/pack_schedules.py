@@ -13,24 +13,12 @@ i.e. the sequence WanVideoSampler walks through; nothing is copied from the pack
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
-import types
 from pathlib import Path
 
-
-def import_schedulers(comfy_root: Path) -> types.ModuleType:
-    """The wrapper's schedulers module, imported as part of a package (it uses relative imports)."""
-    sys.path.insert(0, str(comfy_root))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True  # comfy.model_management must not look for CUDA
-    pkg = types.ModuleType("tenexa_wvw")
-    pkg.__path__ = [str(comfy_root / "custom_nodes" / "ComfyUI-WanVideoWrapper")]
-    sys.modules["tenexa_wvw"] = pkg
-    return importlib.import_module("tenexa_wvw.wanvideo.schedulers")
+from pack_import import wrapper_module  # beside this script: on sys.path when it runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comfy-root", type=Path, default=Path(os.environ.get("COMFY_ROOT", "~/.cache/tenexa/ComfyUI")).expanduser())
     args = parser.parse_args(argv)
     request = json.load(sys.stdin)
-    schedulers = import_schedulers(args.comfy_root.resolve())
+    schedulers = wrapper_module(args.comfy_root.resolve(), "wanvideo.schedulers")
 
     import diffusers
     import numpy

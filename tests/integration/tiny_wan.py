@@ -33,10 +33,10 @@ import importlib.util
 import json
 import os
 import sys
-import types
 from pathlib import Path
 
 import torch
+from pack_import import comfy_on_cpu, wrapper_module  # beside this script: on sys.path when it runs
 from safetensors.torch import save_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,21 +97,9 @@ def tiny_lora(seed: int) -> dict[str, torch.Tensor]:
     return sd
 
 
-def wrapper_vae_module(comfy_root: Path) -> types.ModuleType:
-    """The wrapper's ``wanvideo.wan_video_vae`` module, imported outside ComfyUI (its relative imports need a package)."""
-    sys.path.insert(0, str(comfy_root))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True  # comfy.model_management must not look for CUDA
-    pkg = types.ModuleType("tenexa_wvw")
-    pkg.__path__ = [str(comfy_root / "custom_nodes" / "ComfyUI-WanVideoWrapper")]
-    sys.modules["tenexa_wvw"] = pkg
-    return importlib.import_module("tenexa_wvw.wanvideo.wan_video_vae")
-
-
 def random_vae(comfy_root: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The wrapper's own Wan2.1 VAE class with random weights: light (75 % pruned) if possible, else full."""
-    vae_module = wrapper_vae_module(comfy_root)
+    vae_module = wrapper_module(comfy_root, "wanvideo.wan_video_vae")
     torch.manual_seed(0)
     try:
         return finite_init(vae_module.WanVideoVAE(dtype=torch.float32, pruning_rate=0.75).state_dict()), "light"
@@ -146,10 +134,7 @@ def write_random_rife(comfy_root: Path, path: Path, seed: int = 400) -> list[str
     """Random weights of the real RIFE 4.7 architecture, saved the way rife47.pth is (a plain state dict)."""
     if path.exists():
         return []
-    sys.path.insert(0, str(comfy_root))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+    comfy_on_cpu(comfy_root)
     arch_file = comfy_root / "custom_nodes" / "ComfyUI-Frame-Interpolation" / "vfi_models" / "rife" / "rife_arch.py"
     module_spec = importlib.util.spec_from_file_location("tenexa_rife_arch", arch_file)
     module = importlib.util.module_from_spec(module_spec)
