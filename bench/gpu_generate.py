@@ -308,9 +308,8 @@ def job_input(case: Case, image: Path) -> dict:
 
 
 def run_case(comfy_url: str, settings, case: Case, image: Path, timeout: float, sample_vram: bool) -> dict:
-    from tenexa import workflows
     from tenexa.comfy import ComfyClient
-    from tenexa.generate import START_IMAGE
+    from tenexa.generate import START_IMAGE, bind_in_workspace
     from tenexa.images import prepare_image
     from tenexa.pipeline import upload_images
     from tenexa.request import parse_generate
@@ -320,14 +319,7 @@ def run_case(comfy_url: str, settings, case: Case, image: Path, timeout: float, 
     start = prepare_image(request.image, settings)
     workspace = JobWorkspace(settings.comfy_root, "gpu-bench")
     try:
-        bound = workflows.bind(
-            request,
-            image_size=(start.width, start.height),
-            settings=settings,
-            start_image=workspace.input_name(START_IMAGE),
-            end_image=None,
-            output_prefix=workspace.output_prefix,
-        )
+        bound = bind_in_workspace(request, start, None, workspace, settings=settings)
         upload_images(ComfyClient(comfy_url), workspace, {START_IMAGE: start.png})
         with VramSampler(enabled=sample_vram) as vram:
             prompt_id, timeline, entry = follow_prompt(comfy_url, bound.graph, timeout)

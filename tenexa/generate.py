@@ -65,6 +65,20 @@ def _interpolate_in_worker(finish: workflows.WorkerFinish, source: Path, workspa
     return dest
 
 
+def bind_in_workspace(request: GenerateRequest, start: PreparedImage, end: PreparedImage | None, workspace: JobWorkspace, *,
+                      settings: Settings, interpolator: str = interpolation.NONE) -> BoundWorkflow:
+    """``workflows.bind`` with the job's images and outputs named in ``workspace`` (START_IMAGE, END_IMAGE)."""
+    return workflows.bind(
+        request,
+        image_size=(start.width, start.height),
+        settings=settings,
+        start_image=workspace.input_name(START_IMAGE),
+        end_image=workspace.input_name(END_IMAGE) if end else None,
+        output_prefix=workspace.output_prefix,
+        interpolator=interpolator,
+    )
+
+
 @contextmanager
 def rendered(
     job_id: str,
@@ -83,15 +97,7 @@ def rendered(
     result while the video is still in the job's workspace; the workspace is removed on leaving."""
     workspace = JobWorkspace(settings.comfy_root, job_id)
     try:
-        bound = workflows.bind(
-            request,
-            image_size=(start.width, start.height),
-            settings=settings,
-            start_image=workspace.input_name(START_IMAGE),
-            end_image=workspace.input_name(END_IMAGE) if end else None,
-            output_prefix=workspace.output_prefix,
-            interpolator=interpolator,
-        )
+        bound = bind_in_workspace(request, start, end, workspace, settings=settings, interpolator=interpolator)
         client.wait_until_ready(settings.ready_timeout)
         reporter = ProgressReporter(send_progress or (lambda _payload: None), graph=bound.graph, interval=settings.progress_interval)
         log.info("job %s: %s %sx%s %s frames, %s steps", job_id, request.workflow,
